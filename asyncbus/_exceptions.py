@@ -1,0 +1,82 @@
+"""Every exception asyncbus raises on purpose.
+
+The tree (documented in ``docs/exceptions.md``; keep the two in sync)::
+
+    AsyncBusError
+    ├── ClosedError             (also anyio.ClosedResourceError) you closed it
+    ├── BrokenTransportError    (also anyio.BrokenResourceError) something outside broke it
+    ├── BusyError               (also anyio.BusyResourceError)   another task is receiving
+    ├── WouldBlock              (also anyio.WouldBlock)          *_nowait() had nothing to do
+    ├── InvalidURLError         (also ValueError)                a bus URL that cannot be used
+    ├── LocalProtocolError      (also ValueError)                you asked for what the wire cannot carry
+    │   └── MessageTooLargeError
+    └── RemoteProtocolError                                      a peer sent bytes that are not a frame
+
+Subclassing anyio's exceptions lets a :class:`~asyncbus.Subscription` be used
+anywhere an ``anyio.abc.ObjectReceiveStream`` is expected.
+"""
+
+from __future__ import annotations
+
+import anyio
+
+__all__ = [
+    "AsyncBusError",
+    "BrokenTransportError",
+    "BusyError",
+    "ClosedError",
+    "InvalidURLError",
+    "LocalProtocolError",
+    "MessageTooLargeError",
+    "RemoteProtocolError",
+    "WouldBlock",
+]
+
+
+class AsyncBusError(Exception):
+    """Base class of every exception that asyncbus raises on purpose."""
+
+
+class ClosedError(AsyncBusError, anyio.ClosedResourceError):
+    """The bus or subscription was closed by this process (``aclose()``)."""
+
+
+class BrokenTransportError(AsyncBusError, anyio.BrokenResourceError):
+    """Something outside this process broke the transport.
+
+    The original :class:`OSError` is attached as ``__cause__``.
+    """
+
+
+class BusyError(AsyncBusError, anyio.BusyResourceError):
+    """Another task is already waiting in ``receive()`` on this subscription."""
+
+    def __init__(self, action: str = "receiving") -> None:
+        super().__init__(action)
+
+
+class WouldBlock(AsyncBusError, anyio.WouldBlock):
+    """A ``*_nowait()`` call found nothing to do without waiting."""
+
+
+class InvalidURLError(AsyncBusError, ValueError):
+    """A bus URL is malformed, names an unknown scheme, or has a bad option."""
+
+
+class LocalProtocolError(AsyncBusError, ValueError):
+    """The caller asked for something the wire format cannot carry.
+
+    Examples: a topic name longer than 63 bytes of UTF-8, a NUL in a topic.
+    """
+
+
+class MessageTooLargeError(LocalProtocolError):
+    """A payload is larger than the bus (or the wire format) allows."""
+
+
+class RemoteProtocolError(AsyncBusError):
+    """A peer sent bytes that do not decode to a valid frame.
+
+    Decoders raise this and nothing else for arbitrary input; the bus counts
+    and drops such packets rather than letting this escape to users.
+    """
