@@ -37,9 +37,9 @@ __all__ = [
     "MAX_FRAGMENTS",
     "MAX_SHORT_PAYLOAD",
     "SHORT_HEADER",
+    "CompleteMessage",
     "Fragment",
     "Magic",
-    "CompleteMessage",
     "decode",
     "encode",
     "encode_channel",
@@ -120,14 +120,22 @@ def encode_channel(channel: str) -> bytes:
 
     :param channel: the channel (topic) name.
     :return: the encoded name with its terminating NUL.
-    :raises LocalProtocolError: if the name is empty, holds a NUL, or is longer
-        than :data:`MAX_CHANNEL_BYTES` bytes of UTF-8.
+    :raises LocalProtocolError: if the name is empty, holds a NUL or a lone
+        surrogate, or is longer than :data:`MAX_CHANNEL_BYTES` bytes of UTF-8.
     :raises TypeError: if ``channel`` is not a ``str``.
     """
     if not isinstance(channel, str):
         raise TypeError(f"a topic name must be str, not {type(channel).__name__}")
 
-    raw = channel.encode("utf-8", "surrogatepass")
+    try:
+        # Strict UTF-8: "surrogatepass" would put bytes on the wire that are not UTF-8,
+        # which decode() (and LCM's Python binding) refuse on the receiving side.
+        raw = channel.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise LocalProtocolError(
+            f"a topic name must be valid Unicode (no lone surrogates): {channel!r}"
+        ) from exc
+
     if not raw:
         raise LocalProtocolError("a topic name must not be empty")
 
@@ -159,8 +167,13 @@ def encode(
     :return: one ``LC02`` datagram, or the ``LC03`` fragments in order.
     :raises MessageTooLargeError: if the payload exceeds ``max_message_size``
         or needs more than :data:`MAX_FRAGMENTS` fragments.
+    :raises TypeError: if ``data`` is a buffer that is not C-contiguous.
     """
     seq &= 0xFFFFFFFF
+    if not isinstance(data, bytes):
+        # Count bytes, not items: len() of a memoryview over array("d") is its item count.
+        data = memoryview(data).cast("B")
+
     size = len(data)
     if size > max_message_size:
         raise MessageTooLargeError(
@@ -177,18 +190,17 @@ def encode(
             f"payload of {size} bytes needs {count} fragments; LCM allows {MAX_FRAGMENTS}"
         )
 
-    view = memoryview(data).cast("B") if not isinstance(data, bytes) else data
     first = FRAGMENT_PAYLOAD - len(channel)
     datagrams = [
         b"".join(
-            (FRAGMENT_HEADER.pack(Magic.FRAGMENT, seq, size, 0, 0, count), channel, view[:first])
+            (FRAGMENT_HEADER.pack(Magic.FRAGMENT, seq, size, 0, 0, count), channel, data[:first])
         )
     ]
     offset = first
     for index in range(1, count):
         end = offset + FRAGMENT_PAYLOAD
         header = FRAGMENT_HEADER.pack(Magic.FRAGMENT, seq, size, offset, index, count)
-        datagrams.append(header + view[offset:end])
+        datagrams.append(header + data[offset:end])
         offset = end
 
     return datagrams
@@ -235,12 +247,12 @@ def decode(datagram: bytes) -> CompleteMessage | Fragment:
             raise RemoteProtocolError(f"fragment number {index} of {count} is impossible")
 
         start = FRAGMENT_HEADER.size
-        channel = None
+        name: str | None = None  # only fragment 0 carries the channel
         if index == 0:
             if offset != 0:
                 raise RemoteProtocolError(f"fragment 0 has offset {offset}, not 0")
 
-            channel, start = _channel(datagram, start)
+            name, start = _channel(datagram, start)
 
         data = datagram[start:]
         if offset + len(data) > size:
@@ -248,6 +260,6 @@ def decode(datagram: bytes) -> CompleteMessage | Fragment:
                 f"fragment {index} ends at byte {offset + len(data)} of a {size}-byte message"
             )
 
-        return Fragment(seq, size, offset, index, count, channel, data)
+        return Fragment(seq, size, offset, index, count, name, data)
 
     raise RemoteProtocolError(f"not an LCM datagram (first bytes {bytes(prefix)!r})")
