@@ -6,7 +6,8 @@
 * A fenced ``python`` block that follows ``<!-- example: examples/NAME.py -->`` in
   ``README.md`` or ``docs/**/*.md`` must equal that file byte for byte, and every
   example file must be shown somewhere.
-* The hex dumps in ``docs/protocol.md`` must be what the codec produces.
+* The hex dumps and sizes in ``docs/protocol.md`` must be what the codec produces.
+* ``docs/reference.md`` must document every name in ``asyncbus.__all__``.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+import asyncbus
 from asyncbus._core import lcm
 
 from .conftest import require
@@ -224,3 +226,11 @@ class TestProtocolDoc:
         assert lcm.FRAGMENT_HEADER.size == 20
         assert lcm.SHORT_HEADER.size + lcm.MAX_SHORT_PAYLOAD == 65_507
         assert lcm.FRAGMENT_HEADER.size + lcm.FRAGMENT_PAYLOAD == 65_507
+
+
+class TestReferenceDoc:
+    def test_every_public_name_is_in_the_api_reference(self) -> None:
+        text = (ROOT / "docs" / "reference.md").read_text(encoding="utf-8")
+        shown = set(re.findall(r"^::: asyncbus\.(\w+)$", text, re.MULTILINE))
+        public = set(asyncbus.__all__) - {"__version__"}
+        assert shown == public, f"missing: {public - shown}; not public: {shown - public}"
