@@ -102,11 +102,11 @@ def _read_line(proc: subprocess.Popen[bytes], timeout: float) -> str:
     while not line.endswith(b"\n"):
         remaining = deadline - time.monotonic()
         if remaining <= 0 or not select.select([fd], [], [], remaining)[0]:
-            pytest.fail(f"{proc.args} printed no line within {timeout} s; got {line!r}")
+            pytest.fail(f"{proc.args!r} printed no line within {timeout} s; got {line!r}")
 
         byte = os.read(fd, 1)  # unbuffered, so communicate() later sees the rest
         if not byte:
-            pytest.fail(f"{proc.args} exited before printing a line; got {line!r}")
+            pytest.fail(f"{proc.args!r} exited before printing a line; got {line!r}")
 
         line += byte
 
@@ -120,10 +120,10 @@ def _finish(proc: subprocess.Popen[bytes]) -> list[str]:
     except subprocess.TimeoutExpired:
         proc.kill()
         out, err = proc.communicate()
-        pytest.fail(f"{proc.args} did not exit within {TIMEOUT} s:\n{out.decode()}{err.decode()}")
+        pytest.fail(f"{proc.args!r} did not exit within {TIMEOUT} s:\n{out.decode()}{err.decode()}")
 
     stderr = err.decode()
-    assert proc.returncode == 0, f"{proc.args} exited {proc.returncode}:\n{stderr}"
+    assert proc.returncode == 0, f"{proc.args!r} exited {proc.returncode}:\n{stderr}"
     assert "Traceback" not in stderr, stderr
     assert "Warning" not in stderr, stderr
     return out.decode().splitlines()
