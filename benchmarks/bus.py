@@ -1,0 +1,218 @@
+"""The workload through asyncbus's public API, on the default asyncio loop or on uvloop.
+
+The code is what a user would write: ``connect()``, ``bus.topic(...).publish()`` in
+a loop, ``async for msg in subscription``. The only extras are the clock reads
+(the raw loop makes the same ones) and a watchdog task that ends the receive loop
+when nothing has arrived for ``idle_timeout`` seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import enum
+from typing import TYPE_CHECKING, Any, Final, TypeVar
+
+import asyncbus
+
+from .common import (
+    END_PAYLOAD,
+    GO,
+    MARKER_INTERVAL,
+    READY,
+    STOP,
+    TOPIC,
+    PublisherReport,
+    SubscriberReport,
+    Workload,
+    clock,
+    run_worker,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Coroutine
+
+    from .common import WorkerPipe
+
+__all__ = ["LOOPS", "run_publisher", "run_subscriber"]
+
+LOOPS: Final = ("asyncio", "uvloop")
+T = TypeVar("T")
+
+
+def run_subscriber(work: Workload, conn: WorkerPipe) -> None:
+    """Process entry point: receive until the end marker; report a :class:`SubscriberReport`.
+
+    :param work: the run (``work.loop`` picks the event loop).
+    :param conn: the pipe to the runner.
+    """
+    run_worker("subscriber", _subscriber, work, conn)
+
+
+def run_publisher(work: Workload, conn: WorkerPipe) -> None:
+    """Process entry point: publish on GO, repeat the end marker until STOP; report.
+
+    :param work: the run (``work.loop`` picks the event loop).
+    :param conn: the pipe to the runner.
+    """
+    run_worker("publisher", _publisher, work, conn)
+
+
+def _subscriber(work: Workload, conn: WorkerPipe) -> SubscriberReport:
+    return _run(work.loop, _subscribe(work, conn))
+
+
+def _publisher(work: Workload, conn: WorkerPipe) -> PublisherReport:
+    return _run(work.loop, _publish(work, conn))
+
+
+def _run(loop: str, main: Coroutine[Any, Any, T]) -> T:
+    factory: Callable[[], asyncio.AbstractEventLoop] | None = None
+    if loop == "uvloop":
+        import uvloop  # only where it is used: the raw workers never pay for the import
+
+        factory = uvloop.new_event_loop
+    elif loop != "asyncio":
+        raise ValueError(f"unknown event loop {loop!r}; expected one of {LOOPS}")
+
+    with asyncio.Runner(loop_factory=factory) as runner:
+        return runner.run(main)
+
+
+async def _subscribe(work: Workload, conn: WorkerPipe) -> SubscriberReport:
+    async with asyncbus.connect(work.url) as bus, bus.subscribe(TOPIC) as subscription:
+        conn.send(READY)
+        size = work.size
+        received = 0
+        first = last = 0.0
+        end_seen = False
+        deadline = asyncio.timeout(None)
+        watchdog = asyncio.create_task(_watchdog(bus, deadline, work))
+        try:
+            async with deadline:
+                async for message in subscription:
+                    if len(message.data) != size:
+                        end_seen = True
+                        break
+
+                    last = clock()
+                    if not received:
+                        first = last
+
+                    received += 1
+        except TimeoutError:
+            pass  # the watchdog: nothing arrived for idle_timeout seconds
+        finally:
+            watchdog.cancel()
+
+        statistics = bus.statistics()
+        counters = {
+            "bus": _counters(statistics),
+            "subscription": _counters(subscription.statistics()),
+        }
+
+    return SubscriberReport(
+        received, first, last, end_seen, statistics.kernel_drops, counters=counters
+    )
+
+
+async def _watchdog(bus: asyncbus.Bus, deadline: asyncio.Timeout, work: Workload) -> None:
+    """Expire ``deadline`` once the bus has received nothing for a while.
+
+    It looks at the bus's own counter instead of the receive loop's, so that the
+    loop stays exactly what a user would write.
+    """
+    loop = asyncio.get_running_loop()
+    seen = bus.statistics().received
+    pause = work.start_timeout
+    while True:
+        await asyncio.sleep(pause)  # a periodic check, not a wait for an event
+        now = bus.statistics().received
+        if now == seen:
+            deadline.reschedule(loop.time())
+            return
+
+        seen = now
+        pause = work.idle_timeout
+
+
+async def _publish(work: Workload, conn: WorkerPipe) -> PublisherReport:
+    async with asyncbus.connect(work.url) as bus:
+        topic = bus.topic(TOPIC)
+        payload = work.payload
+        publish = topic.publish
+        conn.send(READY)
+        if (command := await _receive_command(conn, None)) != GO:
+            raise RuntimeError(f"expected {GO!r} from the runner, got {command!r}")
+
+        started = clock()
+        for _ in range(work.messages):
+            await publish(payload)
+
+        finished = clock()
+        markers = 0
+        deadline = finished + work.start_timeout + work.idle_timeout
+        command = None
+        while command is None and clock() < deadline:
+            await publish(END_PAYLOAD)
+            markers += 1
+            command = await _receive_command(conn, MARKER_INTERVAL)
+
+        if command is None:
+            command = await _receive_command(conn, None)
+
+        if command != STOP:
+            raise RuntimeError(f"expected {STOP!r} from the runner, got {command!r}")
+
+        counters = {"bus": _counters(bus.statistics())}
+
+    return PublisherReport(work.messages, started, finished, markers, counters=counters)
+
+
+async def _receive_command(conn: WorkerPipe, patience: float | None) -> str | None:
+    """Return the runner's next command, or ``None`` after ``patience`` seconds.
+
+    Waits on the pipe through the event loop, so the bus keeps running meanwhile.
+    """
+    loop = asyncio.get_running_loop()
+    readable = asyncio.Event()
+    loop.add_reader(conn.fileno(), readable.set)
+    try:
+        async with asyncio.timeout(patience):
+            await readable.wait()
+    except TimeoutError:
+        return None
+    finally:
+        loop.remove_reader(conn.fileno())
+
+    return conn.recv()
+
+
+def _counters(statistics: object) -> dict[str, object]:
+    """Return a statistics dataclass as a JSON-ready dict (numbers kept, the rest as text)."""
+    if not dataclasses.is_dataclass(statistics) or isinstance(statistics, type):
+        return {"repr": repr(statistics)}
+
+    return {
+        field.name: _jsonable(getattr(statistics, field.name))
+        for field in dataclasses.fields(statistics)
+    }
+
+
+def _jsonable(value: object) -> object:
+    if isinstance(value, enum.Enum):  # OverflowPolicy: its value, "drop_oldest"
+        return _jsonable(value.value)
+
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return _counters(value)
+
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(item) for item in value]
+
+    if isinstance(value, dict):
+        return {str(key): _jsonable(item) for key, item in value.items()}
+
+    return str(value)

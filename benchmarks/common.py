@@ -1,0 +1,226 @@
+"""What every benchmark process shares: the workload, the wire bytes, the reports.
+
+The run of one case, whatever implements it (raw sockets or asyncbus)::
+
+    runner                        publisher                     subscriber (x fan-out)
+      | start processes  ------->   open socket / bus             open socket / bus, subscribe
+      |  <------------------------  READY                         READY  ----------------------->
+      | (all READY)  GO  -------->  send N data messages
+      |                             send end markers, one per     count data messages, time the
+      |                             MARKER_INTERVAL, until STOP   first and the last; stop at an
+      |  <------------------------------------------------------  end marker or after idle_timeout
+      | (all reported) STOP ----->  stop; report                  SubscriberReport
+      |  <------------------------  PublisherReport
+
+Nobody sleeps to wait for anybody: readiness and the end go through pipes, and the
+only timeouts are bounds (``start_timeout``, ``idle_timeout``) for when a message
+never comes because multicast lost it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import cProfile
+import os
+import struct
+import time
+import traceback
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Final, TypeAlias
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
+    from multiprocessing.connection import Connection
+
+    # A worker's end of its pipe: it sends READY and reports, receives GO and STOP.
+    WorkerPipe: TypeAlias = Connection[object, str]
+
+__all__ = [
+    "END_PAYLOAD",
+    "GO",
+    "LC02_HEADER",
+    "LC02_MAGIC",
+    "MARKER_INTERVAL",
+    "READY",
+    "RECV_BUF_SIZE",
+    "STOP",
+    "TOPIC",
+    "PublisherReport",
+    "SubscriberReport",
+    "WorkerFailed",
+    "Workload",
+    "clock",
+    "lc02_datagram",
+    "report_failure",
+    "run_worker",
+]
+
+TOPIC: Final = "asyncbus.bench"  # the LCM channel of every data message
+END_PAYLOAD: Final = b"end"  # payload of the end marker; its length tells it apart
+LC02_MAGIC: Final = 0x4C433032  # b"LC02": LCM UDP multicast protocol, short message
+LC02_HEADER: Final = struct.Struct(">II")  # magic, sequence number (LCM: big-endian u32s)
+
+# The publisher repeats the end marker this often (seconds) until every subscriber
+# has reported: a marker lost to a full receive queue is replaced 2 ms later, instead
+# of every lost marker costing a whole idle timeout.
+MARKER_INTERVAL: Final = 0.002
+
+# The receive buffer every subscriber asks for: asyncbus's default (udpm
+# ``recv_buf_size``), passed explicitly in the URL; the raw subscribers ask for the
+# same, so that both absorb the same burst before the kernel drops.
+RECV_BUF_SIZE: Final = 8 * 2**20
+
+# Control messages on the runner's pipes.
+READY: Final = "ready"
+GO: Final = "go"
+STOP: Final = "stop"
+
+# CLOCK_MONOTONIC on Linux: one clock for the whole host, so timestamps taken in
+# different processes can be compared (total rate of a fan-out).
+clock: Final[Callable[[], float]] = time.monotonic
+
+
+@dataclass(frozen=True)
+class Workload:
+    """One run of one case, as every process of it sees it.
+
+    :param group: the IPv4 multicast group, private to this run.
+    :param port: the UDP port, private to this run.
+    :param messages: how many data messages the publisher sends.
+    :param size: the payload size of a data message, in bytes.
+    :param idle_timeout: a subscriber stops after this many seconds without a message.
+    :param start_timeout: ... or this many before the first one.
+    :param recv_buf_size: the receive buffer (``SO_RCVBUF``) every subscriber asks for.
+    :param loop: ``"asyncio"`` or ``"uvloop"`` for asyncbus; ignored by the raw loop.
+    :param profile: a directory: each worker writes its cProfile statistics there.
+    :param case: the case's name, for the profile's file name.
+    """
+
+    group: str
+    port: int
+    messages: int
+    size: int
+    idle_timeout: float
+    start_timeout: float
+    recv_buf_size: int = RECV_BUF_SIZE
+    loop: str = "asyncio"
+    profile: str | None = None
+    case: str = ""
+
+    @property
+    def url(self) -> str:
+        """The asyncbus URL of this run: loopback multicast (``ttl=0``)."""
+        return f"udpm://{self.group}:{self.port}?ttl=0&recv_buf_size={self.recv_buf_size}"
+
+    @property
+    def payload(self) -> bytes:
+        """The payload of every data message."""
+        return bytes(range(256)) * (self.size // 256) + bytes(range(self.size % 256))
+
+
+@dataclass(frozen=True)
+class SubscriberReport:
+    """What one subscriber saw.
+
+    :param received: data messages received.
+    :param first: ``clock()`` when the first one arrived (0.0 if none did).
+    :param last: ``clock()`` when the last one arrived (0.0 if none did).
+    :param end_seen: whether an end marker arrived (``False``: the idle timeout ended it).
+    :param kernel_drops: datagrams the kernel dropped because the receive queue was full.
+    :param counters: everything else the implementation counts (asyncbus statistics).
+    """
+
+    received: int
+    first: float
+    last: float
+    end_seen: bool
+    kernel_drops: int
+    counters: Mapping[str, object] = field(default_factory=dict)
+
+    @property
+    def rate(self) -> float:
+        """Delivered messages per second, from the first to the last received."""
+        span = self.last - self.first
+        return (self.received - 1) / span if self.received > 1 and span > 0 else 0.0
+
+
+@dataclass(frozen=True)
+class PublisherReport:
+    """What the publisher did.
+
+    :param sent: data messages sent.
+    :param started: ``clock()`` before the first one.
+    :param finished: ``clock()`` after the last one.
+    :param end_markers: how many end markers it sent before STOP.
+    :param counters: everything else the implementation counts (asyncbus statistics).
+    """
+
+    sent: int
+    started: float
+    finished: float
+    end_markers: int
+    counters: Mapping[str, object] = field(default_factory=dict)
+
+    @property
+    def rate(self) -> float:
+        """Messages sent per second."""
+        span = self.finished - self.started
+        return self.sent / span if span > 0 else 0.0
+
+
+@dataclass(frozen=True)
+class WorkerFailed:
+    """A worker raised; ``details`` is its traceback."""
+
+    details: str
+
+
+def lc02_datagram(seq: int, channel: str, payload: bytes) -> bytes:
+    """Return one LCM short-message datagram, the bytes asyncbus puts on the wire.
+
+    :param seq: the sequence number.
+    :param channel: the channel (topic) name.
+    :param payload: the message.
+    :return: ``magic | seq | channel | NUL | payload``.
+    """
+    return LC02_HEADER.pack(LC02_MAGIC, seq) + channel.encode() + b"\0" + payload
+
+
+def run_worker(
+    role: str,
+    body: Callable[[Workload, WorkerPipe], object],
+    work: Workload,
+    conn: WorkerPipe,
+) -> None:
+    """Run a worker's ``body`` and send the runner what it returns, or its traceback.
+
+    With ``work.profile`` set, the body runs under cProfile and the statistics go to
+    ``<profile>/<case>-<role>-<pid>.prof`` (read them with ``python -m pstats``).
+
+    :param role: ``"publisher"`` or ``"subscriber"``.
+    :param body: the worker.
+    :param work: the run.
+    :param conn: the pipe to the runner.
+    """
+    profiler = cProfile.Profile() if work.profile else None
+    try:
+        result = body(work, conn) if profiler is None else profiler.runcall(body, work, conn)
+    except Exception:
+        report_failure(conn)
+        raise
+
+    if profiler is not None and work.profile:
+        name = f"{work.case or 'case'}-{role}-{os.getpid()}.prof"
+        profiler.dump_stats(os.path.join(work.profile, name))
+
+    conn.send(result)
+
+
+def report_failure(conn: WorkerPipe) -> None:
+    """Send the exception being handled to the runner, which raises it with the traceback.
+
+    :param conn: the worker's end of its pipe to the runner.
+    """
+    # OSError: the runner is gone; the traceback still goes to stderr.
+    with contextlib.suppress(OSError):
+        conn.send(WorkerFailed(traceback.format_exc()))

@@ -1,0 +1,208 @@
+"""Run one case: start the processes, give the go signal, collect what they report.
+
+Every process is started with ``spawn`` (a fresh interpreter: nothing inherited from
+the runner, as for independent programs on the host). Every run gets its own
+multicast group and port, so leftovers of one run never reach the next one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import socket
+from dataclasses import dataclass
+from multiprocessing import get_context
+from multiprocessing.connection import wait
+from typing import TYPE_CHECKING, Final, TypeAlias, TypeVar
+
+from .common import GO, READY, STOP, PublisherReport, SubscriberReport, WorkerFailed, Workload
+
+if TYPE_CHECKING:
+    import random
+    from collections.abc import Callable, Iterator
+    from multiprocessing.connection import Connection
+    from multiprocessing.process import BaseProcess
+
+    from .common import WorkerPipe
+
+    # The runner's end of a worker's pipe.
+    RunnerPipe: TypeAlias = Connection[str, object]
+
+__all__ = ["BenchmarkError", "Case", "CaseRun", "private_endpoint", "run_case"]
+
+Worker: TypeAlias = "Callable[[Workload, WorkerPipe], None]"
+T = TypeVar("T")
+
+READY_TIMEOUT: Final = 60.0  # seconds for every process to start and open its socket
+JOIN_TIMEOUT: Final = 10.0  # seconds for a process to exit once it has reported
+GROUPS: Final = ipaddress.IPv4Network("239.255.0.0/16")  # RFC 2365 local scope
+LCM_DEFAULT_GROUP: Final = ipaddress.IPv4Address("239.255.76.67")
+
+
+class BenchmarkError(RuntimeError):
+    """A worker failed, died, or did not answer in time."""
+
+
+@dataclass(frozen=True)
+class Case:
+    """One line of the results table.
+
+    :param implementation: ``"raw"`` or ``"asyncbus"``.
+    :param loop: the event loop for asyncbus (``"asyncio"``, ``"uvloop"``); ``None`` for raw.
+    :param fanout: how many subscriber processes.
+    """
+
+    implementation: str
+    loop: str | None
+    fanout: int
+
+    @property
+    def id(self) -> str:
+        """A stable name for the JSON document: ``asyncbus-uvloop-1to4``."""
+        parts = [self.implementation, self.loop, f"1to{self.fanout}"]
+        return "-".join(part for part in parts if part)
+
+    @property
+    def baseline(self) -> Case:
+        """The raw case this one is compared with."""
+        return Case("raw", None, self.fanout)
+
+    def workers(self) -> tuple[Worker, Worker]:
+        """Return the publisher's and the subscribers' process entry points."""
+        # Imported here so that each worker process imports its own module only.
+        if self.implementation == "raw":
+            from . import raw
+
+            return raw.run_publisher, raw.run_subscriber
+
+        from . import bus
+
+        return bus.run_publisher, bus.run_subscriber
+
+
+@dataclass(frozen=True)
+class CaseRun:
+    """What one run of one case measured.
+
+    :param group: the multicast group the run used.
+    :param port: the UDP port the run used.
+    :param publisher: the publisher's report.
+    :param subscribers: each subscriber's report.
+    """
+
+    group: str
+    port: int
+    publisher: PublisherReport
+    subscribers: tuple[SubscriberReport, ...]
+
+
+def private_endpoint(rng: random.Random) -> tuple[str, int]:
+    """Return a multicast group and UDP port that no other run uses.
+
+    The group is random in 239.255.0.0/16 (never LCM's default); the port is one
+    the kernel hands out as free right now.
+
+    :param rng: where the group comes from.
+    :return: ``(group, port)``.
+    """
+    while True:
+        group = GROUPS[rng.randrange(1, GROUPS.num_addresses - 1)]
+        if group != LCM_DEFAULT_GROUP:
+            break
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+
+    return str(group), port
+
+
+def run_case(case: Case, work: Workload) -> CaseRun:
+    """Run ``case`` once with ``work``: one publisher and ``case.fanout`` subscribers.
+
+    :param case: what runs.
+    :param work: the run's settings (endpoint, message count, timeouts).
+    :return: the reports.
+    :raises BenchmarkError: if a worker fails, dies or does not answer in time.
+    """
+    publish, subscribe = case.workers()
+    with _processes(publish, subscribe, case.fanout, work) as (publisher, subscribers):
+        _expect_ready([publisher, *subscribers])
+        publisher.send(GO)
+        # A subscriber stops at the end marker, or start_timeout + idle_timeout after
+        # it last heard something; the send itself takes what it takes.
+        budget = work.start_timeout + 2 * work.idle_timeout + work.messages / 1_000
+        reports = _collect(subscribers, SubscriberReport, budget)
+        publisher.send(STOP)
+        (report,) = _collect([publisher], PublisherReport, JOIN_TIMEOUT)
+
+    return CaseRun(work.group, work.port, report, tuple(reports))
+
+
+@contextlib.contextmanager
+def _processes(
+    publish: Worker, subscribe: Worker, fanout: int, work: Workload
+) -> Iterator[tuple[RunnerPipe, list[RunnerPipe]]]:
+    """Start the publisher and the subscribers; join them (or kill them) on the way out."""
+    spawn = get_context("spawn")
+    processes: list[BaseProcess] = []
+    pipes: list[RunnerPipe] = []
+    try:
+        for index, target in enumerate([publish] + [subscribe] * fanout):
+            ours, theirs = spawn.Pipe()
+            name = "publisher" if index == 0 else f"subscriber-{index}"
+            process = spawn.Process(target=target, args=(work, theirs), name=name, daemon=True)
+            process.start()
+            theirs.close()  # so that ours sees EOF if the process dies
+            processes.append(process)
+            pipes.append(ours)
+
+        yield pipes[0], pipes[1:]
+        for child in processes:
+            child.join(JOIN_TIMEOUT)
+            if child.exitcode != 0:
+                raise BenchmarkError(f"{child.name} exited with code {child.exitcode}")
+    finally:
+        for child in processes:
+            if child.is_alive():
+                child.kill()
+                child.join()
+
+            child.close()
+
+        for pipe in pipes:
+            pipe.close()
+
+
+def _expect_ready(pipes: list[RunnerPipe]) -> None:
+    for answer in _collect(pipes, str, READY_TIMEOUT):
+        if answer != READY:
+            raise BenchmarkError(f"expected {READY!r} from a worker, got {answer!r}")
+
+
+def _collect(pipes: list[RunnerPipe], kind: type[T], timeout: float) -> list[T]:
+    """Receive one object of type ``kind`` from each pipe, in the order of ``pipes``."""
+    answers: dict[int, T] = {}
+    pending = {pipe.fileno(): index for index, pipe in enumerate(pipes)}
+    while pending:
+        ready = wait([pipes[index] for index in pending.values()], timeout)
+        if not ready:
+            raise BenchmarkError(f"{len(pending)} worker(s) did not answer within {timeout} s")
+
+        for pipe in ready:
+            assert not isinstance(pipe, (socket.socket, int))
+            index = pending.pop(pipe.fileno())
+            try:
+                answer = pipe.recv()
+            except EOFError:
+                raise BenchmarkError("a worker died without reporting; see its stderr") from None
+
+            if isinstance(answer, WorkerFailed):
+                raise BenchmarkError(f"a worker failed:\n{answer.details}")
+
+            if not isinstance(answer, kind):
+                raise BenchmarkError(f"expected a {kind.__name__} from a worker, got {answer!r}")
+
+            answers[index] = answer
+
+    return [answers[index] for index in range(len(pipes))]
