@@ -1,0 +1,10 @@
+"""``python -m asyncbus``: the command line (see :mod:`asyncbus.cli`)."""
+
+from __future__ import annotations
+
+import sys
+
+from asyncbus.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())
