@@ -7,10 +7,10 @@ The tree (documented in ``docs/exceptions.md``; keep the two in sync)::
     ├── BrokenTransportError    (also anyio.BrokenResourceError) something outside broke it
     ├── BusyError               (also anyio.BusyResourceError)   another task is receiving
     ├── WouldBlock              (also anyio.WouldBlock)          *_nowait() had nothing to do
-    ├── InvalidURLError         (also ValueError)                a bus URL that cannot be used
-    ├── LocalProtocolError      (also ValueError)                you asked for what the wire cannot carry
+    ├── InvalidURLError         (also ValueError)                a bus URL that cannot work
+    ├── LocalProtocolError      (also ValueError)                the wire cannot carry that
     │   └── MessageTooLargeError
-    └── RemoteProtocolError                                      a peer sent bytes that are not a frame
+    └── RemoteProtocolError                                      a peer sent garbage
 
 Subclassing anyio's exceptions lets a :class:`~asyncbus.Subscription` be used
 anywhere an ``anyio.abc.ObjectReceiveStream`` is expected.

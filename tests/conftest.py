@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import os
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
@@ -29,10 +30,8 @@ def pytest_asyncio_loop_factories(
 def _open_fds() -> dict[int, str]:
     fds: dict[int, str] = {}
     for name in os.listdir("/proc/self/fd"):
-        try:
+        with contextlib.suppress(OSError):  # the fd of the listdir itself, gone by now
             fds[int(name)] = os.readlink(f"/proc/self/fd/{name}")
-        except OSError:
-            pass  # the fd of the listdir itself, gone by now
 
     return fds
 

@@ -1,0 +1,52 @@
+"""asyncbus: asyncio publish/subscribe between processes on one Linux host.
+
+Quick use::
+
+    async with asyncbus.connect() as bus:
+        await bus.topic("greetings").publish(b"hello")
+        async for msg in bus.topic("greetings"):
+            print(msg.sender, msg.data)
+"""
+
+from __future__ import annotations
+
+from ._bus import Bus, BusStatistics, Topic, connect
+from ._core.url import DEFAULT_URL
+from ._exceptions import (
+    AsyncBusError,
+    BrokenTransportError,
+    BusyError,
+    ClosedError,
+    InvalidURLError,
+    LocalProtocolError,
+    MessageTooLargeError,
+    RemoteProtocolError,
+    WouldBlock,
+)
+from ._message import Message, Sender
+from ._subscription import OverflowPolicy, Subscription, SubscriptionStatistics
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DEFAULT_URL",
+    "AsyncBusError",
+    "BrokenTransportError",
+    "Bus",
+    "BusStatistics",
+    "BusyError",
+    "ClosedError",
+    "InvalidURLError",
+    "LocalProtocolError",
+    "Message",
+    "MessageTooLargeError",
+    "OverflowPolicy",
+    "RemoteProtocolError",
+    "Sender",
+    "Subscription",
+    "SubscriptionStatistics",
+    "Topic",
+    "WouldBlock",
+    "__version__",
+    "connect",
+]

@@ -1,0 +1,470 @@
+"""The bus: open a transport by URL, publish to topics, hand out subscriptions."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Final, final
+
+from ._adapter import UDPMulticastProtocol
+from ._core import lcm
+from ._core.patterns import TopicPattern
+from ._core.url import DEFAULT_URL, UDPMulticastAddress, parse_url
+from ._exceptions import BrokenTransportError, ClosedError, InvalidURLError
+from ._message import Sender
+from ._subscription import DEFAULT_MAXSIZE, OverflowPolicy, Subscription, _Inbox, _Router
+from ._transports.udpm import UDPMulticastTransport, create_udpm_endpoint
+
+__all__ = ["Bus", "BusStatistics", "Topic", "connect"]
+
+_URL_VARIABLE: Final = "ASYNCBUS_URL"
+_CHANNEL_CACHE_LIMIT: Final = 4096  # encoded topic names kept for publish()
+# A publisher whose sends never block would starve every other task on its loop
+# (a UDP send on loopback does not wait for receivers); yield this often.
+_YIELD_EVERY: Final = 32
+
+Payload = bytes | bytearray | memoryview
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class BusStatistics:
+    """Counters of one bus member; every loss it can see is here.
+
+    :ivar published: messages this bus published.
+    :ivar received: whole messages received from other members.
+    :ivar delivered: messages put into subscription queues (one per subscription).
+    :ivar unmatched: received messages no subscription wanted.
+    :ivar datagrams: datagrams received from other members.
+    :ivar own_filtered: this member's own datagrams dropped on the way back in.
+    :ivar malformed: datagrams (or fragment sets) that were not valid LCM.
+    :ivar oversize: messages dropped for exceeding ``max_message_size``.
+    :ivar kernel_drops: datagrams the kernel dropped because the socket's receive
+        buffer was full (``SO_RXQ_OVFL``).
+    :ivar gaps: messages missing according to senders' sequence numbers.
+    :ivar reordered: messages that arrived late or twice.
+    :ivar incomplete: fragmented messages dropped before all fragments arrived.
+    :ivar overflow_drops: messages discarded by subscriptions' overflow policies.
+    :ivar subscriptions: subscriptions open now.
+    """
+
+    published: int
+    received: int
+    delivered: int
+    unmatched: int
+    datagrams: int
+    own_filtered: int
+    malformed: int
+    oversize: int
+    kernel_drops: int
+    gaps: int
+    reordered: int
+    incomplete: int
+    overflow_drops: int
+    subscriptions: int
+
+
+@final
+class Topic:
+    """A named topic on a bus: publish to it, or iterate over its messages.
+
+    ``async for msg in topic`` subscribes with the default queue and policy for
+    as long as the loop runs; leaving the loop (``break``, an exception,
+    cancellation) removes the subscription.
+    """
+
+    __slots__ = ("_bus", "_channel", "name")
+
+    def __init__(self, bus: Bus, name: str) -> None:
+        """Bind a topic name to a bus (use :meth:`Bus.topic`).
+
+        :param bus: the bus.
+        :param name: the topic name.
+        :raises LocalProtocolError: if the name cannot go on the wire.
+        """
+        self._channel = lcm.encode_channel(name)
+        self._bus = bus
+        self.name = name
+
+    @property
+    def bus(self) -> Bus:
+        """The bus this topic belongs to."""
+        return self._bus
+
+    async def publish(self, data: Payload) -> None:
+        """Publish one message on this topic.
+
+        :param data: the payload (bytes-like).
+        :raises ClosedError: if the bus is closed.
+        :raises BrokenTransportError: if the transport is broken or the send failed.
+        :raises MessageTooLargeError: if the payload is over the bus's limit.
+        :raises TypeError: if ``data`` is not bytes-like.
+        """
+        await self._bus._publish(self.name, self._channel, data)
+
+    def subscribe(
+        self,
+        *,
+        maxsize: int = DEFAULT_MAXSIZE,
+        policy: OverflowPolicy | str = OverflowPolicy.DROP_OLDEST,
+    ) -> Subscription:
+        """Subscribe to exactly this topic.
+
+        :param maxsize: queue bound, in messages.
+        :param policy: what a full queue does.
+        :return: an open subscription.
+        :raises ClosedError: if the bus is closed.
+        :raises ValueError: for a bad ``maxsize`` or ``policy``.
+        """
+        return self._bus._subscribe(TopicPattern.exactly(self.name), maxsize, policy)
+
+    def __aiter__(self) -> Subscription:
+        return self._bus._subscribe(
+            TopicPattern.exactly(self.name),
+            DEFAULT_MAXSIZE,
+            OverflowPolicy.DROP_OLDEST,
+            implicit=True,
+        )
+
+    def __repr__(self) -> str:
+        return f"<Topic {self.name!r} on {self._bus.url}>"
+
+
+@final
+class Bus:
+    """One member of a bus: a transport, its subscriptions, its counters.
+
+    Use it as ``async with asyncbus.connect(url) as bus:``, or call
+    :meth:`open` and :meth:`aclose` yourself (e.g. in a web app's lifespan).
+    """
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        receive_own: bool = False,
+        max_message_size: int = lcm.DEFAULT_MAX_MESSAGE_SIZE,
+        **options: str | int,
+    ) -> None:
+        """Describe a bus member; nothing is opened until :meth:`open`.
+
+        :param url: the bus URL; ``None`` reads ``$ASYNCBUS_URL``, else
+            :data:`asyncbus.DEFAULT_URL`.
+        :param receive_own: also deliver this member's own publications to its
+            own subscriptions (in-process; the kernel's echo is always dropped).
+        :param max_message_size: largest payload sent or reassembled, in bytes.
+        :param options: transport options that override the URL's query
+            (``ttl``, ``interface``, ``recv_buf_size`` for ``udpm``).
+        :raises InvalidURLError: if the URL or an option is invalid.
+        :raises ValueError: if ``max_message_size`` is not positive.
+        """
+        if url is None:
+            url = os.environ.get(_URL_VARIABLE) or DEFAULT_URL
+
+        self._address: UDPMulticastAddress = parse_url(url, options)
+        if max_message_size <= 0:
+            raise ValueError(f"max_message_size must be positive, not {max_message_size}")
+
+        self._max_message_size = max_message_size
+        self._receive_own = receive_own
+        self._router = _Router(self._set_blocked)
+        self._transport: UDPMulticastTransport | None = None
+        self._protocol: UDPMulticastProtocol | None = None
+        self._self_sender: Sender | None = None
+        self._channels: dict[str, bytes] = {}
+        self._seq = 0
+        self._published = 0
+        self._state = "new"
+        self._broken: BaseException | None = None
+        self._final_statistics: BusStatistics | None = None
+
+    @property
+    def url(self) -> str:
+        """The bus URL in normal form."""
+        return self._address.url()
+
+    @property
+    def closed(self) -> bool:
+        """``True`` once :meth:`aclose` was called."""
+        return self._state == "closed"
+
+    @property
+    def sender(self) -> Sender | None:
+        """This member's identity as others see it in ``Message.sender`` (once open)."""
+        return self._self_sender
+
+    async def open(self) -> None:
+        """Open the transport.
+
+        :raises InvalidURLError: for an unknown interface.
+        :raises BrokenTransportError: if the kernel refuses the sockets (the
+            ``OSError`` is the ``__cause__``).
+        :raises RuntimeError: if the bus was opened before.
+        """
+        if self._state != "new":
+            raise RuntimeError(f"this bus was already opened ({self._state})")
+
+        self._state = "opening"
+        address = self._address
+        try:
+            transport, protocol = await create_udpm_endpoint(
+                lambda: UDPMulticastProtocol(self._router, max_message_size=self._max_message_size),
+                address,
+            )
+        except InvalidURLError:
+            self._state = "closed"
+            raise
+        except OSError as exc:
+            self._state = "closed"
+            raise BrokenTransportError(f"cannot open {self.url}: {exc.strerror or exc}") from exc
+        except BaseException:
+            self._state = "closed"
+            raise
+
+        assert isinstance(protocol, UDPMulticastProtocol)
+        self._transport, self._protocol = transport, protocol
+        host, port = transport.get_extra_info("sockname")
+        self._self_sender = Sender(f"{host}:{port}", pid=os.getpid())
+        protocol.closed_with().add_done_callback(self._transport_lost)
+        self._state = "open"
+
+    async def __aenter__(self) -> Bus:
+        await self.open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the bus: sockets closed, subscriptions end (``async for`` stops).
+
+        Idempotent. Messages already queued in subscriptions stay readable.
+        """
+        if self._state == "closed":
+            return
+
+        self._state = "closed"
+        self._final_statistics = self._statistics()
+        self._router.end(None)
+        transport, protocol = self._transport, self._protocol
+        if transport is not None and protocol is not None:
+            transport.close()
+            await protocol.wait_closed()
+
+    def _transport_lost(self, future: asyncio.Future[BaseException | None]) -> None:
+        exc = None if future.cancelled() else future.result()
+        if exc is not None and self._broken is None:
+            self._broken = exc
+            self._router.end(exc)
+
+    def _check_open(self) -> None:
+        if self._broken is not None:
+            raise BrokenTransportError(f"the bus transport broke: {self._broken}") from self._broken
+
+        if self._state != "open":
+            if self._state == "closed":
+                raise ClosedError("the bus is closed")
+
+            raise RuntimeError("the bus is not open yet: use 'async with' or await bus.open()")
+
+    def _set_blocked(self, blocked: bool) -> None:
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            return
+
+        if blocked:
+            transport.pause_reading()
+        else:
+            transport.resume_reading()
+
+    # -- publishing -----------------------------------------------------------
+
+    def topic(self, name: str) -> Topic:
+        """Return the topic called ``name``.
+
+        :param name: 1 to 63 bytes of UTF-8, no NUL.
+        :return: a :class:`Topic` bound to this bus.
+        :raises LocalProtocolError: if the name cannot go on the wire.
+        """
+        return Topic(self, name)
+
+    async def publish(self, topic: str, data: Payload) -> None:
+        """Publish one message.
+
+        :param topic: the topic name.
+        :param data: the payload (bytes-like).
+        :raises ClosedError: if the bus is closed.
+        :raises BrokenTransportError: if the transport is broken or the send failed.
+        :raises LocalProtocolError: if the topic name cannot go on the wire.
+        :raises MessageTooLargeError: if the payload is over the bus's limit.
+        :raises TypeError: if ``data`` is not bytes-like.
+        """
+        channel = self._channels.get(topic)
+        if channel is None:
+            channel = lcm.encode_channel(topic)
+            if len(self._channels) >= _CHANNEL_CACHE_LIMIT:
+                self._channels.clear()
+
+            self._channels[topic] = channel
+
+        await self._publish(topic, channel, data)
+
+    async def _publish(self, topic: str, channel: bytes, data: Payload) -> None:
+        self._check_open()
+        if not isinstance(data, bytes | bytearray | memoryview):
+            raise TypeError(
+                f"a payload must be bytes-like, not {type(data).__name__}"
+                + (" (encode text first, e.g. data.encode())" if isinstance(data, str) else "")
+            )
+
+        seq = self._seq
+        datagrams = lcm.encode(channel, seq, data, max_message_size=self._max_message_size)
+        self._seq = (seq + 1) & 0xFFFFFFFF
+        transport, protocol = self._transport, self._protocol
+        assert transport is not None and protocol is not None
+        protocol.sending = True
+        try:
+            for datagram in datagrams:
+                transport.sendto(datagram)
+        finally:
+            protocol.sending = False
+
+        error = protocol.take_send_error()
+        if error is not None:
+            raise BrokenTransportError(f"sending on {self.url} failed: {error}") from error
+
+        self._published += 1
+        if self._receive_own:
+            assert self._self_sender is not None
+            await self._router.dispatch_waiting(topic, bytes(data), seq, self._self_sender)
+
+        if transport.get_write_buffer_size():
+            await protocol.wait_writable()
+        elif self._published % _YIELD_EVERY == 0:
+            await asyncio.sleep(0)
+
+    # -- subscribing ----------------------------------------------------------
+
+    def subscribe(
+        self,
+        pattern: str | re.Pattern[str],
+        *,
+        regex: bool = False,
+        maxsize: int = DEFAULT_MAXSIZE,
+        policy: OverflowPolicy | str = OverflowPolicy.DROP_OLDEST,
+    ) -> Subscription:
+        """Subscribe to every topic that matches ``pattern``.
+
+        The subscription receives what is published from now on. Close it
+        with ``async with`` or :meth:`Subscription.aclose`.
+
+        :param pattern: an exact topic, a glob (``"sensors/*"``), or a regex
+            (a compiled ``re.Pattern``, or a ``str`` with ``regex=True``); a regex
+            must match the whole topic, as in LCM.
+        :param regex: treat a ``str`` pattern as a regular expression.
+        :param maxsize: queue bound, in messages (at least 1).
+        :param policy: ``"drop_oldest"`` (default), ``"drop_newest"`` or ``"block"``.
+        :return: an open subscription.
+        :raises ClosedError: if the bus is closed.
+        :raises ValueError: for an empty or invalid pattern, a bad ``maxsize``
+            or an unknown ``policy``.
+        :raises TypeError: if ``pattern`` is neither ``str`` nor ``re.Pattern``.
+        """
+        return self._subscribe(TopicPattern(pattern, regex=regex), maxsize, policy)
+
+    def _subscribe(
+        self,
+        pattern: TopicPattern,
+        maxsize: int,
+        policy: OverflowPolicy | str,
+        *,
+        implicit: bool = False,
+    ) -> Subscription:
+        if self._state == "closed":
+            raise ClosedError("the bus is closed")
+
+        if isinstance(maxsize, bool) or not isinstance(maxsize, int) or maxsize < 1:
+            raise ValueError(f"maxsize must be a positive int, not {maxsize!r}")
+
+        try:
+            policy = OverflowPolicy(policy)
+        except ValueError:
+            known = ", ".join(repr(p.value) for p in OverflowPolicy)
+            raise ValueError(f"unknown overflow policy {policy!r}; known: {known}") from None
+
+        inbox = _Inbox(pattern, maxsize, policy, self._router)
+        self._router.add(inbox)
+        return Subscription(inbox, implicit=implicit)
+
+    # -- introspection --------------------------------------------------------
+
+    def statistics(self) -> BusStatistics:
+        """Return this member's counters.
+
+        :return: a snapshot; after :meth:`aclose`, the last one taken.
+        """
+        if self._final_statistics is not None:
+            return self._final_statistics
+
+        return self._statistics()
+
+    def _statistics(self) -> BusStatistics:
+        adapter = self._protocol.statistics() if self._protocol is not None else {}
+        transport = self._transport
+        delivered, dropped = self._router.totals()
+        return BusStatistics(
+            published=self._published,
+            received=adapter.get("received", 0),
+            delivered=delivered,
+            unmatched=self._router.unmatched,
+            datagrams=adapter.get("datagrams", 0),
+            own_filtered=transport.own_filtered if transport is not None else 0,
+            malformed=adapter.get("malformed", 0) + (transport.truncated if transport else 0),
+            oversize=adapter.get("oversize", 0),
+            kernel_drops=transport.kernel_drops if transport is not None else 0,
+            gaps=adapter.get("gaps", 0),
+            reordered=adapter.get("reordered", 0),
+            incomplete=adapter.get("incomplete", 0),
+            overflow_drops=dropped,
+            subscriptions=self._router.inboxes,
+        )
+
+    def __del__(self, _warn: Callable[..., None] = warnings.warn) -> None:
+        if getattr(self, "_state", "new") in ("open", "opening"):
+            _warn(f"unclosed bus {self!r}", ResourceWarning, source=self)
+
+    def __repr__(self) -> str:
+        return f"<Bus {self._state} {self.url}>"
+
+
+def connect(
+    url: str | None = None,
+    *,
+    receive_own: bool = False,
+    max_message_size: int = lcm.DEFAULT_MAX_MESSAGE_SIZE,
+    **options: str | int,
+) -> Bus:
+    """Describe a bus member to open with ``async with``.
+
+    ``async with asyncbus.connect() as bus:`` joins the default bus, LCM's
+    ``udpm://239.255.76.67:7667?ttl=0`` on the loopback interface, unless
+    ``$ASYNCBUS_URL`` names another.
+
+    :param url: the bus URL; ``None`` reads ``$ASYNCBUS_URL``, else the default.
+    :param receive_own: also deliver this member's own publications to itself.
+    :param max_message_size: largest payload sent or reassembled, in bytes.
+    :param options: transport options overriding the URL's query.
+    :return: a :class:`Bus`, not yet open.
+    :raises InvalidURLError: if the URL or an option is invalid.
+    """
+    return Bus(url, receive_own=receive_own, max_message_size=max_message_size, **options)

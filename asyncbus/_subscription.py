@@ -1,0 +1,461 @@
+"""Subscriptions: bounded queues with an overflow policy, and the router that fills them.
+
+Theory of operation
+-------------------
+A :class:`Subscription` is what users hold; behind it an ``_Inbox`` holds the
+queue, the counters and at most one waiting receiver. The ``_Router`` maps a
+topic to the inboxes whose pattern matches it (cached per topic) and appends
+each message to them from the transport's callback, without awaiting.
+
+When an inbox is full its policy decides: ``drop_oldest`` discards the head,
+``drop_newest`` discards the arriving message, ``block`` accepts it and tells
+the bus to stop reading the socket until the inbox drains below half; so a
+``block`` queue may exceed ``maxsize`` by at most one read batch. Every discard
+is counted.
+
+``receive()`` is cancel-atomic: it only takes a message off the queue after its
+wait is over, never before, so a cancelled ``receive()`` consumes nothing.
+
+The router holds inboxes, never subscriptions. A subscription that nobody
+references any more (the user broke out of ``async for msg in topic``) is
+collected at once by CPython's reference counting, and its finalizer removes its
+inbox: nothing is left behind. An explicit subscription collected unclosed also
+emits a ``ResourceWarning``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import enum
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Final, final
+
+import anyio
+from anyio.abc import ObjectReceiveStream
+
+from ._core.patterns import TopicPattern
+from ._exceptions import BrokenTransportError, BusyError, ClosedError, WouldBlock
+from ._message import Message, Sender
+
+__all__ = ["OverflowPolicy", "Subscription", "SubscriptionStatistics"]
+
+DEFAULT_MAXSIZE: Final = 1024  # messages per subscription queue
+_CACHE_LIMIT: Final = 4096  # distinct topics remembered by the router's match cache
+
+
+class OverflowPolicy(enum.StrEnum):
+    """What a full subscription queue does with the next message."""
+
+    DROP_OLDEST = "drop_oldest"
+    """Discard the oldest queued message to make room (counted)."""
+
+    DROP_NEWEST = "drop_newest"
+    """Discard the arriving message (counted)."""
+
+    BLOCK = "block"
+    """Keep everything: stop reading the transport until the queue drains."""
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class SubscriptionStatistics:
+    """Counters of one subscription.
+
+    :ivar pattern: the pattern as given.
+    :ivar policy: the overflow policy.
+    :ivar maxsize: the queue bound.
+    :ivar queued: messages waiting in the queue now.
+    :ivar delivered: messages put in the queue so far.
+    :ivar received: messages taken out by ``receive()`` so far.
+    :ivar dropped: messages discarded by the overflow policy.
+    """
+
+    pattern: str
+    policy: OverflowPolicy
+    maxsize: int
+    queued: int
+    delivered: int
+    received: int
+    dropped: int
+
+
+class _Ended:
+    """Why an inbox will never get more messages."""
+
+    __slots__ = ("cause",)
+
+    def __init__(self, cause: BaseException | None) -> None:
+        self.cause = cause
+
+    def error(self) -> BaseException:
+        if self.cause is None:
+            return anyio.EndOfStream()
+
+        error = BrokenTransportError(f"the bus transport broke: {self.cause}")
+        error.__cause__ = self.cause
+        return error
+
+
+class _Inbox:
+    """The queue behind a subscription (internal)."""
+
+    __slots__ = (
+        "delivered",
+        "dropped",
+        "ended",
+        "maxsize",
+        "pattern",
+        "policy",
+        "queue",
+        "received",
+        "router",
+        "space_waiters",
+        "waiter",
+    )
+
+    def __init__(
+        self, pattern: TopicPattern, maxsize: int, policy: OverflowPolicy, router: _Router
+    ) -> None:
+        self.pattern = pattern
+        self.maxsize = maxsize
+        self.policy = policy
+        self.router: _Router | None = router
+        self.queue: collections.deque[Message] = collections.deque()
+        self.waiter: asyncio.Future[None] | None = None
+        self.space_waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+        self.ended: _Ended | None = None
+        self.delivered = 0
+        self.received = 0
+        self.dropped = 0
+
+    def put(self, message: Message) -> None:
+        queue = self.queue
+        if len(queue) >= self.maxsize:
+            policy = self.policy
+            if policy is OverflowPolicy.DROP_NEWEST:
+                self.dropped += 1
+                return
+
+            if policy is OverflowPolicy.DROP_OLDEST:
+                queue.popleft()
+                self.dropped += 1
+
+        queue.append(message)
+        self.delivered += 1
+        if self.policy is OverflowPolicy.BLOCK and len(queue) == self.maxsize and self.router:
+            self.router.block(self)
+
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def take(self) -> Message:
+        queue = self.queue
+        message = queue.popleft()
+        self.received += 1
+        if self.policy is OverflowPolicy.BLOCK and len(queue) <= self.maxsize // 2:
+            if self.router is not None:
+                self.router.unblock(self)
+
+            while self.space_waiters:
+                waiter = self.space_waiters.popleft()
+                if not waiter.done():
+                    waiter.set_result(None)
+
+        return message
+
+    def end(self, ended: _Ended) -> None:
+        if self.ended is None:
+            self.ended = ended
+
+        for waiter in (self.waiter, *self.space_waiters):
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
+
+        self.space_waiters.clear()
+
+    def statistics(self) -> SubscriptionStatistics:
+        return SubscriptionStatistics(
+            pattern=self.pattern.text,
+            policy=self.policy,
+            maxsize=self.maxsize,
+            queued=len(self.queue),
+            delivered=self.delivered,
+            received=self.received,
+            dropped=self.dropped,
+        )
+
+
+class _Router:
+    """Finds the inboxes for a topic and fills them (internal)."""
+
+    def __init__(self, set_blocked: Callable[[bool], None]) -> None:
+        self._set_blocked = set_blocked
+        self._exact: dict[str, list[_Inbox]] = {}
+        self._patterns: list[_Inbox] = []
+        self._cache: dict[str, tuple[_Inbox, ...]] = {}
+        self._blocked: set[_Inbox] = set()
+        self._ended: _Ended | None = None
+        self.inboxes = 0
+        self.unmatched = 0
+        # Counters of inboxes already removed, so bus totals never go backwards.
+        self.retired_delivered = 0
+        self.retired_dropped = 0
+
+    def add(self, inbox: _Inbox) -> None:
+        exact = inbox.pattern.exact
+        if exact is not None:
+            self._exact.setdefault(exact, []).append(inbox)
+        else:
+            self._patterns.append(inbox)
+
+        self._cache.clear()
+        self.inboxes += 1
+        if self._ended is not None:
+            inbox.end(self._ended)
+
+    def remove(self, inbox: _Inbox) -> None:
+        if inbox.router is not self:
+            return
+
+        inbox.router = None
+        exact = inbox.pattern.exact
+        if exact is not None:
+            siblings = self._exact[exact]
+            siblings.remove(inbox)
+            if not siblings:
+                del self._exact[exact]
+        else:
+            self._patterns.remove(inbox)
+
+        self._cache.clear()
+        self.inboxes -= 1
+        self.retired_delivered += inbox.delivered
+        self.retired_dropped += inbox.dropped
+        self.unblock(inbox)
+
+    def match(self, topic: str) -> tuple[_Inbox, ...]:
+        inboxes = self._cache.get(topic)
+        if inboxes is None:
+            found = list(self._exact.get(topic, ()))
+            found.extend(inbox for inbox in self._patterns if inbox.pattern.matches(topic))
+            inboxes = tuple(found)
+            if len(self._cache) >= _CACHE_LIMIT:
+                self._cache.clear()
+
+            self._cache[topic] = inboxes
+
+        return inboxes
+
+    def dispatch(self, topic: str, data: bytes, seq: int, sender: Sender) -> None:
+        """Deliver one message to every matching subscription (never awaits)."""
+        inboxes = self.match(topic)
+        if not inboxes:
+            self.unmatched += 1
+            return
+
+        message = Message(topic, data, seq, sender, time.time())
+        for inbox in inboxes:
+            inbox.put(message)
+
+    async def dispatch_waiting(self, topic: str, data: bytes, seq: int, sender: Sender) -> None:
+        """Deliver like :meth:`dispatch`, but wait for room in ``block`` subscriptions."""
+        inboxes = self.match(topic)
+        if not inboxes:
+            self.unmatched += 1
+            return
+
+        message = Message(topic, data, seq, sender, time.time())
+        loop = asyncio.get_running_loop()
+        for inbox in inboxes:
+            while (
+                inbox.policy is OverflowPolicy.BLOCK
+                and len(inbox.queue) >= inbox.maxsize
+                and inbox.ended is None
+                and inbox.router is self
+            ):
+                waiter = loop.create_future()
+                inbox.space_waiters.append(waiter)
+                await waiter
+
+            if inbox.router is self and inbox.ended is None:
+                inbox.put(message)
+
+    def block(self, inbox: _Inbox) -> None:
+        if not self._blocked:
+            self._set_blocked(True)
+
+        self._blocked.add(inbox)
+
+    def unblock(self, inbox: _Inbox) -> None:
+        if inbox in self._blocked:
+            self._blocked.discard(inbox)
+            if not self._blocked:
+                self._set_blocked(False)
+
+    def end(self, cause: BaseException | None) -> None:
+        """No more messages will come: wake every receiver."""
+        if self._ended is None:
+            self._ended = _Ended(cause)
+
+        inboxes = [*self._patterns, *(i for group in self._exact.values() for i in group)]
+        for inbox in inboxes:
+            inbox.end(self._ended)
+
+    def totals(self) -> tuple[int, int]:
+        """Return (delivered, dropped) over all inboxes, past and present."""
+        delivered, dropped = self.retired_delivered, self.retired_dropped
+        for inbox in (*self._patterns, *(i for group in self._exact.values() for i in group)):
+            delivered += inbox.delivered
+            dropped += inbox.dropped
+
+        return delivered, dropped
+
+
+@final
+class Subscription(ObjectReceiveStream[Message]):
+    """A bounded stream of the messages whose topic matches a pattern.
+
+    Create one with :meth:`Bus.subscribe <asyncbus.Bus.subscribe>` or
+    :meth:`Topic.subscribe <asyncbus.Topic.subscribe>`. It is an async iterator
+    (``async for msg in sub``, which ends when the bus closes), an async context
+    manager that closes it, and an ``anyio.abc.ObjectReceiveStream``.
+    """
+
+    def __init__(self, inbox: _Inbox, *, implicit: bool = False) -> None:
+        """Wrap an inbox (internal: use ``Bus.subscribe``).
+
+        :param inbox: the queue this subscription reads.
+        :param implicit: created by ``async for msg in topic``: collected
+            silently when the loop is left.
+        """
+        self._inbox: _Inbox | None = inbox
+        self._statistics_at_close: SubscriptionStatistics | None = None
+        self._implicit = implicit
+
+    @property
+    def pattern(self) -> str:
+        """The pattern as given to ``subscribe``."""
+        return self._live_statistics().pattern
+
+    @property
+    def closed(self) -> bool:
+        """``True`` once :meth:`aclose` was called."""
+        return self._inbox is None
+
+    def _live_statistics(self) -> SubscriptionStatistics:
+        if self._inbox is not None:
+            return self._inbox.statistics()
+
+        assert self._statistics_at_close is not None
+        return self._statistics_at_close
+
+    def statistics(self) -> SubscriptionStatistics:
+        """Return this subscription's counters.
+
+        :return: a snapshot; still available after closing.
+        """
+        return self._live_statistics()
+
+    async def receive(self) -> Message:
+        """Wait for the next message.
+
+        Cancel-atomic: if cancelled, no message is consumed.
+
+        :return: the next message.
+        :raises ClosedError: if this subscription was closed.
+        :raises BusyError: if another task is already waiting here.
+        :raises anyio.EndOfStream: when the bus has closed and the queue is empty.
+        :raises BrokenTransportError: when the transport broke and the queue is empty.
+        """
+        inbox = self._inbox
+        if inbox is None:
+            raise ClosedError("the subscription is closed")
+
+        while not inbox.queue:
+            if inbox.ended is not None:
+                raise inbox.ended.error()
+
+            if inbox.waiter is not None:
+                raise BusyError("receiving")
+
+            waiter = asyncio.get_running_loop().create_future()
+            inbox.waiter = waiter
+            try:
+                await waiter
+            finally:
+                inbox.waiter = None
+
+            if self._inbox is None:
+                raise ClosedError("the subscription was closed while waiting")
+
+        return inbox.take()
+
+    async def __anext__(self) -> Message:
+        # Fast path for a backlog: no extra coroutine for receive().
+        inbox = self._inbox
+        if inbox is not None and inbox.queue:
+            return inbox.take()
+
+        try:
+            return await self.receive()
+        except anyio.EndOfStream:
+            raise StopAsyncIteration from None
+
+    def receive_nowait(self) -> Message:
+        """Take the next message if one is queued.
+
+        :return: the next message.
+        :raises WouldBlock: if the queue is empty.
+        :raises ClosedError: if this subscription was closed.
+        :raises anyio.EndOfStream: when the bus has closed and the queue is empty.
+        :raises BrokenTransportError: when the transport broke and the queue is empty.
+        """
+        inbox = self._inbox
+        if inbox is None:
+            raise ClosedError("the subscription is closed")
+
+        if inbox.queue:
+            return inbox.take()
+
+        if inbox.ended is not None:
+            raise inbox.ended.error()
+
+        raise WouldBlock
+
+    def close(self) -> None:
+        """Close now: stop queueing, drop what is queued (counted as dropped)."""
+        inbox = self._inbox
+        if inbox is None:
+            return
+
+        inbox.dropped += len(inbox.queue)
+        inbox.queue.clear()
+        if inbox.router is not None:
+            inbox.router.remove(inbox)
+
+        self._statistics_at_close = inbox.statistics()
+        self._inbox = None
+        inbox.end(_Ended(None))
+
+    async def aclose(self) -> None:
+        """Close the subscription; a waiting ``receive()`` raises :class:`ClosedError`."""
+        self.close()
+
+    def __del__(self, _warn: Callable[..., None] = warnings.warn) -> None:
+        if getattr(self, "_inbox", None) is None:
+            return
+
+        if not self._implicit:
+            _warn(f"unclosed subscription {self!r}", ResourceWarning, source=self)
+
+        self.close()
+
+    def __repr__(self) -> str:
+        stats = self._live_statistics()
+        state = "closed" if self._inbox is None else "open"
+        return f"<Subscription {state} {stats.pattern!r} queued={stats.queued}>"
