@@ -1,11 +1,15 @@
 """asyncbus: asyncio publish/subscribe between processes on one Linux host.
 
-Quick use::
+In one process, print what others publish on a topic::
+
+    async with asyncbus.connect() as bus:
+        async for msg in bus.topic("greetings"):
+            print(msg.sender, msg.data)
+
+and in another, publish to it::
 
     async with asyncbus.connect() as bus:
         await bus.topic("greetings").publish(b"hello")
-        async for msg in bus.topic("greetings"):
-            print(msg.sender, msg.data)
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""``python -m asyncbus``: the command line (see :mod:`asyncbus.cli`)."""
+"""``python -m asyncbus``: the command line (see `asyncbus.cli`)."""
 
 from __future__ import annotations
 

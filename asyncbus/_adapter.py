@@ -1,7 +1,7 @@
 """Where the sans-I/O core, a transport and the event loop meet.
 
-:class:`UDPMulticastProtocol` is the asyncio protocol on a
-:class:`~asyncbus._transports.udpm.UDPMulticastTransport`: it decodes each
+`UDPMulticastProtocol` is the asyncio protocol on a
+`asyncbus._transports.udpm.UDPMulticastTransport`: it decodes each
 datagram with the core, reassembles fragments (driving the core's timeouts from
 the loop's clock), tracks per-sender sequence numbers, and hands whole messages
 to the router. Malformed datagrams are counted and dropped here; nothing a peer

@@ -81,7 +81,7 @@ class Topic:
     __slots__ = ("_bus", "_channel", "name")
 
     def __init__(self, bus: Bus, name: str) -> None:
-        """Bind a topic name to a bus (use :meth:`Bus.topic`).
+        """Bind a topic name to a bus (use `Bus.topic`).
 
         :param bus: the bus.
         :param name: the topic name.
@@ -90,6 +90,7 @@ class Topic:
         self._channel = lcm.encode_channel(name)
         self._bus = bus
         self.name = name
+        """The topic name."""
 
     @property
     def bus(self) -> Bus:
@@ -140,7 +141,7 @@ class Bus:
     """One member of a bus: a transport, its subscriptions, its counters.
 
     Use it as ``async with asyncbus.connect(url) as bus:``, or call
-    :meth:`open` and :meth:`aclose` yourself (e.g. in a web app's lifespan).
+    `open` and `aclose` yourself (e.g. in a web app's lifespan).
     """
 
     def __init__(
@@ -151,10 +152,10 @@ class Bus:
         max_message_size: int = lcm.DEFAULT_MAX_MESSAGE_SIZE,
         **options: str | int,
     ) -> None:
-        """Describe a bus member; nothing is opened until :meth:`open`.
+        """Describe a bus member; nothing is opened until `open`.
 
         :param url: the bus URL; ``None`` reads ``$ASYNCBUS_URL``, else
-            :data:`asyncbus.DEFAULT_URL`.
+            `asyncbus.DEFAULT_URL`.
         :param receive_own: also deliver this member's own publications to its
             own subscriptions (in-process; the kernel's echo is always dropped).
         :param max_message_size: largest payload sent or reassembled, in bytes.
@@ -190,7 +191,7 @@ class Bus:
 
     @property
     def closed(self) -> bool:
-        """``True`` once :meth:`aclose` was called."""
+        """``True`` once `aclose` was called."""
         return self._state == "closed"
 
     @property
@@ -293,7 +294,7 @@ class Bus:
         """Return the topic called ``name``.
 
         :param name: 1 to 63 bytes of UTF-8, no NUL.
-        :return: a :class:`Topic` bound to this bus.
+        :return: a `Topic` bound to this bus.
         :raises LocalProtocolError: if the name cannot go on the wire.
         """
         return Topic(self, name)
@@ -366,7 +367,7 @@ class Bus:
         """Subscribe to every topic that matches ``pattern``.
 
         The subscription receives what is published from now on. Close it
-        with ``async with`` or :meth:`Subscription.aclose`.
+        with ``async with`` or `Subscription.aclose`.
 
         :param pattern: an exact topic, a glob (``"sensors/*"``), or a regex
             (a compiled ``re.Pattern``, or a ``str`` with ``regex=True``); a regex
@@ -411,7 +412,7 @@ class Bus:
     def statistics(self) -> BusStatistics:
         """Return this member's counters.
 
-        :return: a snapshot; after :meth:`aclose`, the last one taken.
+        :return: a snapshot; after `aclose`, the last one taken.
         """
         if self._final_statistics is not None:
             return self._final_statistics
@@ -464,7 +465,7 @@ def connect(
     :param receive_own: also deliver this member's own publications to itself.
     :param max_message_size: largest payload sent or reassembled, in bytes.
     :param options: transport options overriding the URL's query.
-    :return: a :class:`Bus`, not yet open.
+    :return: a `Bus`, not yet open.
     :raises InvalidURLError: if the URL or an option is invalid.
     """
     return Bus(url, receive_own=receive_own, max_message_size=max_message_size, **options)

@@ -12,7 +12,7 @@ The tree (documented in ``docs/exceptions.md``; keep the two in sync)::
     │   └── MessageTooLargeError
     └── RemoteProtocolError                                      a peer sent garbage
 
-Subclassing anyio's exceptions lets a :class:`~asyncbus.Subscription` be used
+Subclassing anyio's exceptions lets a `asyncbus.Subscription` be used
 anywhere an ``anyio.abc.ObjectReceiveStream`` is expected.
 """
 
@@ -44,7 +44,7 @@ class ClosedError(AsyncBusError, anyio.ClosedResourceError):
 class BrokenTransportError(AsyncBusError, anyio.BrokenResourceError):
     """Something outside this process broke the transport.
 
-    The original :class:`OSError` is attached as ``__cause__``.
+    The original `OSError` is attached as ``__cause__``.
     """
 
 

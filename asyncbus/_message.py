@@ -1,4 +1,4 @@
-"""What a subscriber receives: :class:`Message` and who sent it, :class:`Sender`."""
+"""What a subscriber receives: `Message` and who sent it, `Sender`."""
 
 from __future__ import annotations
 

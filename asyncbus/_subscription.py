@@ -2,7 +2,7 @@
 
 Theory of operation
 -------------------
-A :class:`Subscription` is what users hold; behind it an ``_Inbox`` holds the
+A `Subscription` is what users hold; behind it an ``_Inbox`` holds the
 queue, the counters and at most one waiting receiver. The ``_Router`` maps a
 topic to the inboxes whose pattern matches it (cached per topic) and appends
 each message to them from the transport's callback, without awaiting.
@@ -263,7 +263,7 @@ class _Router:
             inbox.put(message)
 
     async def dispatch_waiting(self, topic: str, data: bytes, seq: int, sender: Sender) -> None:
-        """Deliver like :meth:`dispatch`, but wait for room in ``block`` subscriptions."""
+        """Deliver like `dispatch`, but wait for room in ``block`` subscriptions."""
         inboxes = self.match(topic)
         if not inboxes:
             self.unmatched += 1
@@ -320,8 +320,8 @@ class _Router:
 class Subscription(ObjectReceiveStream[Message]):
     """A bounded stream of the messages whose topic matches a pattern.
 
-    Create one with :meth:`Bus.subscribe <asyncbus.Bus.subscribe>` or
-    :meth:`Topic.subscribe <asyncbus.Topic.subscribe>`. It is an async iterator
+    Create one with `Bus.subscribe` or
+    `Topic.subscribe`. It is an async iterator
     (``async for msg in sub``, which ends when the bus closes), an async context
     manager that closes it, and an ``anyio.abc.ObjectReceiveStream``.
     """
@@ -344,7 +344,7 @@ class Subscription(ObjectReceiveStream[Message]):
 
     @property
     def closed(self) -> bool:
-        """``True`` once :meth:`aclose` was called."""
+        """``True`` once `aclose` was called."""
         return self._inbox is None
 
     def _live_statistics(self) -> SubscriptionStatistics:
@@ -443,7 +443,7 @@ class Subscription(ObjectReceiveStream[Message]):
         inbox.end(_Ended(None))
 
     async def aclose(self) -> None:
-        """Close the subscription; a waiting ``receive()`` raises :class:`ClosedError`."""
+        """Close the subscription; a waiting ``receive()`` raises `ClosedError`."""
         self.close()
 
     def __del__(self, _warn: Callable[..., None] = warnings.warn) -> None:

@@ -10,7 +10,7 @@ Commands::
     asyncbus demo [--subscribers N] [--messages N] [--size BYTES] [--rate R] [--window N] [--json]
 
 Every command also takes ``--url URL`` (default: ``$ASYNCBUS_URL``, else
-:data:`asyncbus.DEFAULT_URL`), ``-v/--verbose`` (progress and readiness on stderr) and
+`asyncbus.DEFAULT_URL`), ``-v/--verbose`` (progress and readiness on stderr) and
 ``--loop {auto,asyncio,uvloop}`` (``auto`` uses uvloop when it is installed).
 
 Output contract (scripts may rely on it):
@@ -107,10 +107,10 @@ class _UsageError(_CommandError):
 
 
 class _ArgumentParser(argparse.ArgumentParser):
-    """An :class:`argparse.ArgumentParser` whose errors are one line, not usage plus error."""
+    """An `argparse.ArgumentParser` whose errors are one line, not usage plus error."""
 
     def error(self, message: str) -> NoReturn:
-        """Raise :class:`_UsageError` instead of printing usage and exiting.
+        """Raise `_UsageError` instead of printing usage and exiting.
 
         :param message: argparse's description of what is wrong.
         :raises _UsageError: always.
@@ -122,7 +122,7 @@ def _describe(exc: BaseException) -> str:
     """Return a one-line description of ``exc`` for ``asyncbus: error: ...``.
 
     :param exc: the exception to describe.
-    :return: its message on one line, with the :class:`OSError` behind it if there is one.
+    :return: its message on one line, with the `OSError` behind it if there is one.
     """
     if isinstance(exc, OSError) and exc.strerror:
         text = exc.strerror if exc.filename is None else f"{exc.filename}: {exc.strerror}"
@@ -206,7 +206,7 @@ def _integer(minimum: int) -> Callable[[str], int]:
     """Return an argparse ``type`` accepting integers of at least ``minimum``.
 
     :param minimum: the smallest value allowed.
-    :return: a converter raising :class:`argparse.ArgumentTypeError` on bad input.
+    :return: a converter raising `argparse.ArgumentTypeError` on bad input.
     """
 
     def convert(text: str) -> int:
@@ -227,7 +227,7 @@ def _seconds(*, allow_zero: bool) -> Callable[[str], float]:
     """Return an argparse ``type`` accepting a finite number of seconds.
 
     :param allow_zero: whether 0 is allowed (it is for intervals, not for timeouts).
-    :return: a converter raising :class:`argparse.ArgumentTypeError` on bad input.
+    :return: a converter raising `argparse.ArgumentTypeError` on bad input.
     """
 
     def convert(text: str) -> float:
@@ -497,7 +497,7 @@ async def _open_bus(url: str | None) -> AsyncIterator[asyncbus.Bus]:
     :raises asyncbus.InvalidURLError: if the URL cannot be used.
     :raises asyncbus.BrokenTransportError: if the kernel refuses the sockets (its
         message names the bus).
-    :raises _CommandError: if opening fails with a bare :class:`OSError`.
+    :raises _CommandError: if opening fails with a bare `OSError`.
     """
     where = url or os.environ.get("ASYNCBUS_URL") or asyncbus.DEFAULT_URL
     async with contextlib.AsyncExitStack() as stack:
@@ -843,7 +843,7 @@ async def _open_stdin() -> _ChunkReader:
 
 
 class _LineReader:
-    """Split what a :class:`_ChunkReader` returns into lines."""
+    """Split what a `_ChunkReader` returns into lines."""
 
     def __init__(self, chunks: _ChunkReader) -> None:
         self._chunks = chunks
@@ -1366,7 +1366,7 @@ def _demo_report(
 def _demo_table(report: dict[str, Any]) -> list[str]:
     """Format the demo's report for people.
 
-    :param report: what :func:`_demo_report` returned.
+    :param report: what `_demo_report` returned.
     :return: the lines to print.
     """
 

@@ -16,8 +16,8 @@ Two datagram layouts, all integers big-endian (LCM "UDP Multicast Protocol"):
   channel and NUL followed by as much payload as fits.
 
 A message is sent short when ``len(channel) + 1 + len(payload)`` is at most
-:data:`MAX_SHORT_PAYLOAD`; otherwise it is cut into fragments that carry at
-most :data:`FRAGMENT_PAYLOAD` bytes after the 20-byte header. These are the
+`MAX_SHORT_PAYLOAD`; otherwise it is cut into fragments that carry at
+most `FRAGMENT_PAYLOAD` bytes after the 20-byte header. These are the
 limits LCM's C library uses on Linux, so datagrams are the same size as LCM's.
 """
 
@@ -121,7 +121,7 @@ def encode_channel(channel: str) -> bytes:
     :param channel: the channel (topic) name.
     :return: the encoded name with its terminating NUL.
     :raises LocalProtocolError: if the name is empty, holds a NUL or a lone
-        surrogate, or is longer than :data:`MAX_CHANNEL_BYTES` bytes of UTF-8.
+        surrogate, or is longer than `MAX_CHANNEL_BYTES` bytes of UTF-8.
     :raises TypeError: if ``channel`` is not a ``str``.
     """
     if not isinstance(channel, str):
@@ -160,13 +160,13 @@ def encode(
 ) -> list[bytes]:
     """Encode one message as the datagrams LCM would send.
 
-    :param channel: the channel as returned by :func:`encode_channel` (with NUL).
+    :param channel: the channel as returned by `encode_channel` (with NUL).
     :param seq: the sender's sequence number, taken modulo 2**32.
     :param data: the payload.
     :param max_message_size: the largest payload accepted.
     :return: one ``LC02`` datagram, or the ``LC03`` fragments in order.
     :raises MessageTooLargeError: if the payload exceeds ``max_message_size``
-        or needs more than :data:`MAX_FRAGMENTS` fragments.
+        or needs more than `MAX_FRAGMENTS` fragments.
     :raises TypeError: if ``data`` is a buffer that is not C-contiguous.
     """
     seq &= 0xFFFFFFFF
@@ -225,7 +225,7 @@ def decode(datagram: bytes) -> CompleteMessage | Fragment:
     """Decode one datagram.
 
     :param datagram: the bytes of one UDP datagram.
-    :return: a :class:`CompleteMessage` or a :class:`Fragment`.
+    :return: a `CompleteMessage` or a `Fragment`.
     :raises RemoteProtocolError: for anything that is not a valid LCM datagram;
         never any other exception.
     """

@@ -4,8 +4,8 @@ A subscription names what it wants in one of three ways:
 
 * an exact topic (``"sensors/imu"``): a string with none of ``*?[``;
 * a glob (``"sensors/*"``): a string with any of ``*?[``, matched with
-  :mod:`fnmatch` rules against the whole topic (``*`` also crosses ``/``);
-* a regular expression, as LCM subscribes: a compiled :class:`re.Pattern`, or a
+  `fnmatch` rules against the whole topic (``*`` also crosses ``/``);
+* a regular expression, as LCM subscribes: a compiled `re.Pattern`, or a
   string with ``regex=True``; it must match the *whole* topic, as LCM anchors
   its channel regexes with ``^`` and ``$``.
 """

@@ -14,9 +14,9 @@ in one of three states:
   message that can only fail, be counted a second time and, under memory pressure,
   evict other messages in turn.
 
-:meth:`Reassembler.feed` moves absent to partial, partial to absent (complete) and
-either to rejected; :meth:`Reassembler.expire` moves idle partials to rejected and old
-rejected keys to absent; :meth:`Reassembler.clear` makes everything absent.
+`Reassembler.feed` moves absent to partial, partial to absent (complete) and
+either to rejected; `Reassembler.expire` moves idle partials to rejected and old
+rejected keys to absent; `Reassembler.clear` makes everything absent.
 
 Fragment layout
 ---------------
@@ -55,7 +55,7 @@ _MAX_FRAGMENT_DATA: Final = lcm.FRAGMENT_PAYLOAD
 @final
 @dataclass(frozen=True, slots=True)
 class ReassemblyStatistics:
-    """Counters of a :class:`Reassembler`.
+    """Counters of a `Reassembler`.
 
     ``completed``, ``incomplete``, ``oversize`` and ``inconsistent`` count messages;
     ``duplicates`` counts fragments.
@@ -172,8 +172,8 @@ class _Partial:
 class Reassembler:
     """Reassemble LCM messages from their fragments, in bounded memory and time.
 
-    Feed it every :class:`~asyncbus._core.lcm.Fragment` with its sender's address;
-    call :meth:`expire` when :meth:`next_deadline` is due.
+    Feed it every `asyncbus._core.lcm.Fragment` with its sender's address;
+    call `expire` when `next_deadline` is due.
     """
 
     def __init__(
@@ -240,12 +240,12 @@ class Reassembler:
     ) -> lcm.CompleteMessage | None:
         """Take one fragment; return its message if this was the last piece missing.
 
-        Fragments that cannot be used are counted in :meth:`statistics` and dropped;
+        Fragments that cannot be used are counted in `statistics` and dropped;
         the later fragments of a message given up are dropped without counting it again.
 
         :param sender: who sent it (e.g. the source address); hashable.
         :param fragment: a decoded ``LC03`` datagram.
-        :param now: the current time in seconds, on the clock :meth:`expire` uses.
+        :param now: the current time in seconds, on the clock `expire` uses.
         :return: the whole message, or ``None`` while pieces are missing or if the
             fragment was dropped.
         """
@@ -344,7 +344,7 @@ class Reassembler:
         return expired
 
     def next_deadline(self) -> float | None:
-        """Return when :meth:`expire` next has something to do.
+        """Return when `expire` next has something to do.
 
         Calling ``expire(next_deadline())`` gives up at least one partial message.
 

@@ -14,7 +14,7 @@ distance ahead of it, ``delta = (seq - last) mod 2**32``:
 anything else                  restart         counted; ``last = seq``, no gap
 =============================  ==============  =====================================
 
-A backward jump larger than :data:`MAX_GAP` counts as a restart, not a late arrival:
+A backward jump larger than `MAX_GAP` counts as a restart, not a late arrival:
 a sender that starts again from 0 (or a new process reusing the old one's address)
 would otherwise look "reordered" for as many messages as the old one had sent, and
 its real gaps would go unseen all that time.
@@ -47,7 +47,7 @@ _LATE: Final = 2**32 - MAX_GAP  # delta from here up: at most MAX_GAP behind
 @final
 @dataclass(frozen=True, slots=True)
 class SequenceStatistics:
-    """Counters of a :class:`SequenceTracker`."""
+    """Counters of a `SequenceTracker`."""
 
     senders: int
     """Senders tracked now."""
@@ -127,7 +127,7 @@ class SequenceTracker:
     def forget(self, sender: Hashable) -> None:
         """Forget a sender; its next message counts as its first. No-op if unknown.
 
-        :param sender: as passed to :meth:`observe`.
+        :param sender: as passed to `observe`.
         """
         self._last.pop(sender, None)
 

@@ -19,6 +19,7 @@ from .._exceptions import InvalidURLError
 __all__ = ["DEFAULT_URL", "UDPMulticastAddress", "parse_url"]
 
 DEFAULT_URL: Final = "udpm://239.255.76.67:7667?ttl=0"  # LCM's default bus
+"""The bus used when neither a URL nor ``$ASYNCBUS_URL`` is given: LCM's default."""
 DEFAULT_GROUP: Final = "239.255.76.67"  # LCM's default group, administratively scoped (RFC 2365)
 DEFAULT_PORT: Final = 7667  # LCM's default port
 DEFAULT_RECV_BUF_SIZE: Final = 8 * 1024 * 1024  # enough for a burst of ~120 full-size fragments

@@ -161,8 +161,8 @@ class UDPMulticastTransport(asyncio.DatagramTransport):
 
     ``datagram_received(data, addr)`` is called for every datagram from another
     sender; this process's own datagrams are dropped (and counted in
-    :attr:`own_filtered`). Kernel drops reported by ``SO_RXQ_OVFL`` accumulate in
-    :attr:`kernel_drops`.
+    `own_filtered`). Kernel drops reported by ``SO_RXQ_OVFL`` accumulate in
+    `kernel_drops`.
     """
 
     def __init__(
@@ -262,13 +262,13 @@ class UDPMulticastTransport(asyncio.DatagramTransport):
                 self.kernel_drops = max(self.kernel_drops, int.from_bytes(data[:4], "little"))
 
     def pause_reading(self) -> None:
-        """Stop calling ``datagram_received`` until :meth:`resume_reading`."""
+        """Stop calling ``datagram_received`` until `resume_reading`."""
         if self._reading and self._receiver is not None:
             self._reading = False
             self._loop.remove_reader(self._receiver.fileno())
 
     def resume_reading(self) -> None:
-        """Resume reading after :meth:`pause_reading`."""
+        """Resume reading after `pause_reading`."""
         if not self._reading and not self._closing and self._receiver is not None:
             self._reading = True
             self._loop.add_reader(self._receiver.fileno(), self._read_ready)
@@ -375,7 +375,7 @@ class UDPMulticastTransport(asyncio.DatagramTransport):
     # -- closing ------------------------------------------------------------
 
     def is_closing(self) -> bool:
-        """Tell whether :meth:`close` or :meth:`abort` was called.
+        """Tell whether `close` or `abort` was called.
 
         :return: ``True`` once closing.
         """
