@@ -31,6 +31,7 @@ class UDPMulticastProtocol(asyncio.DatagramProtocol):
 
     def __init__(self, router: _Router, *, max_message_size: int) -> None:
         self._router = router
+        self._decoder = lcm.Decoder()
         self._reassembler = Reassembler(max_message_size=max_message_size)
         self._max_message_size = max_message_size
         self._sequences = SequenceTracker()
@@ -60,7 +61,7 @@ class UDPMulticastProtocol(asyncio.DatagramProtocol):
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
         self.datagrams += 1
         try:
-            frame = lcm.decode(data)
+            frame = self._decoder.decode(data)
         except RemoteProtocolError:
             self.malformed += 1
             return

@@ -233,6 +233,8 @@ class Bus:
         self._self_sender = Sender(f"{host}:{port}", pid=os.getpid())
         protocol.closed_with().add_done_callback(self._transport_lost)
         self._state = "open"
+        if self._router.inboxes:
+            self._join_group()
 
     async def __aenter__(self) -> Bus:
         await self.open()
@@ -377,6 +379,7 @@ class Bus:
         :param policy: ``"drop_oldest"`` (default), ``"drop_newest"`` or ``"block"``.
         :return: an open subscription.
         :raises ClosedError: if the bus is closed.
+        :raises BrokenTransportError: if the kernel refuses to join the group.
         :raises ValueError: for an empty or invalid pattern, a bad ``maxsize``
             or an unknown ``policy``.
         :raises TypeError: if ``pattern`` is neither ``str`` nor ``re.Pattern``.
@@ -403,9 +406,22 @@ class Bus:
             known = ", ".join(repr(p.value) for p in OverflowPolicy)
             raise ValueError(f"unknown overflow policy {policy!r}; known: {known}") from None
 
+        self._join_group()
         inbox = _Inbox(pattern, maxsize, policy, self._router)
         self._router.add(inbox)
         return Subscription(inbox, implicit=implicit)
+
+    def _join_group(self) -> None:
+        # Joined at the first subscription, not at open: a member that only
+        # publishes then never receives (and filters) its own datagrams.
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            return
+
+        try:
+            transport.join_group()
+        except OSError as exc:
+            raise BrokenTransportError(f"cannot join {self.url}: {exc.strerror or exc}") from exc
 
     # -- introspection --------------------------------------------------------
 

@@ -38,6 +38,7 @@ __all__ = [
     "MAX_SHORT_PAYLOAD",
     "SHORT_HEADER",
     "CompleteMessage",
+    "Decoder",
     "Fragment",
     "Magic",
     "decode",
@@ -263,3 +264,46 @@ def decode(datagram: bytes) -> CompleteMessage | Fragment:
         return Fragment(seq, size, offset, index, count, name, data)
 
     raise RemoteProtocolError(f"not an LCM datagram (first bytes {bytes(prefix)!r})")
+
+
+_SEQUENCE: Final = struct.Struct(">I")
+_CHANNEL_CACHE_LIMIT: Final = 1024  # distinct channel names a Decoder remembers
+
+
+class Decoder:
+    """`decode` that remembers channel names, for the receive hot path.
+
+    Decoding a short message is mostly finding and UTF-8-decoding its channel;
+    a bus sees few distinct channels, so a known channel costs one dict lookup.
+    The results are exactly those of `decode`.
+    """
+
+    __slots__ = ("_channels",)
+
+    def __init__(self) -> None:
+        self._channels: dict[bytes, str] = {}
+
+    def decode(self, datagram: bytes) -> CompleteMessage | Fragment:
+        """Decode one datagram, as `decode` does.
+
+        :param datagram: the bytes of one UDP datagram.
+        :return: a `CompleteMessage` or a `Fragment`.
+        :raises RemoteProtocolError: for anything that is not a valid LCM datagram.
+        """
+        if datagram[:4] == _SHORT_PREFIX:
+            end = datagram.find(0, 8, 8 + MAX_CHANNEL_BYTES + 1)
+            channel = self._channels.get(datagram[8:end]) if end > 8 else None
+            if channel is not None:
+                return CompleteMessage(
+                    _SEQUENCE.unpack_from(datagram, 4)[0], channel, datagram[end + 1 :]
+                )
+
+        frame = decode(datagram)
+        name = frame.channel
+        if name is not None:
+            if len(self._channels) >= _CHANNEL_CACHE_LIMIT:
+                self._channels.clear()
+
+            self._channels[name.encode()] = name
+
+        return frame

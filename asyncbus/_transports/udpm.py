@@ -41,9 +41,11 @@ from .._exceptions import InvalidURLError
 __all__ = ["UDPMulticastTransport", "create_udpm_endpoint", "open_udpm_sockets"]
 
 SO_RXQ_OVFL: Final = getattr(socket, "SO_RXQ_OVFL", 40)  # Linux include/uapi/asm-generic/socket.h
+IP_MULTICAST_ALL: Final = getattr(socket, "IP_MULTICAST_ALL", 49)  # Linux include/uapi/linux/in.h
 SO_RCVBUFFORCE: Final = getattr(socket, "SO_RCVBUFFORCE", 33)  # Linux, needs CAP_NET_ADMIN
 SIOCGIFADDR: Final = 0x8915  # Linux include/uapi/linux/sockios.h
 MAX_DATAGRAM: Final = 65_535  # largest UDP payload the IPv4 length field allows
+_MSG_TRUNC: Final = int(socket.MSG_TRUNC)  # a plain int: IntFlag's & costs ~1 us per datagram
 _ANCILLARY_SIZE: Final = socket.CMSG_SPACE(4)  # one u32: the SO_RXQ_OVFL drop counter
 _DEFAULT_BUDGET: Final = 256  # datagrams per wakeup before yielding to other callbacks
 _HIGH_WATER: Final = 64 * 1024  # asyncio's default for its own transports
@@ -82,15 +84,6 @@ def _routed_source(group: str, port: int) -> str | None:
         return host
 
 
-def _join(receiver: socket.socket, group: str, local: str, *, optional: bool = False) -> None:
-    membership = socket.inet_aton(group) + socket.inet_aton(local)
-    try:
-        receiver.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, membership)
-    except OSError:
-        if not optional:
-            raise
-
-
 def _set_receive_buffer(sock: socket.socket, size: int) -> None:
     # As root, SO_RCVBUFFORCE may exceed net.core.rmem_max; others get at most rmem_max.
     try:
@@ -99,11 +92,19 @@ def _set_receive_buffer(sock: socket.socket, size: int) -> None:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
 
 
-def open_udpm_sockets(address: UDPMulticastAddress) -> tuple[socket.socket, socket.socket]:
+Membership = tuple[bytes, bool]  # an ip_mreq, and whether failing to join is acceptable
+
+
+def open_udpm_sockets(
+    address: UDPMulticastAddress,
+) -> tuple[socket.socket, socket.socket, list[Membership]]:
     """Create the receive and send sockets of a ``udpm`` bus member.
 
+    The receive socket is bound but has not joined the group yet (see
+    `UDPMulticastTransport.join_group`).
+
     :param address: the bus address.
-    :return: ``(receive_socket, send_socket)``, both non-blocking.
+    :return: ``(receive_socket, send_socket, memberships)``, sockets non-blocking.
     :raises InvalidURLError: if the interface does not exist or has no IPv4 address.
     :raises OSError: if the kernel refuses (no route to the group, port in use
         without ``SO_REUSEADDR`` by another program, ...).
@@ -122,16 +123,23 @@ def open_udpm_sockets(address: UDPMulticastAddress) -> tuple[socket.socket, sock
         receiver.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         _set_receive_buffer(receiver, address.recv_buf_size)
         receiver.setsockopt(socket.SOL_SOCKET, SO_RXQ_OVFL, 1)
-        # Bound to the group's address, the socket only gets that group's datagrams.
+        # Bound to the group's address, the socket only gets that group's datagrams;
+        # without IP_MULTICAST_ALL=0 Linux would also deliver them while we have not
+        # joined, whenever another socket on the host has (we join lazily).
+        receiver.setsockopt(socket.IPPROTO_IP, IP_MULTICAST_ALL, 0)
         receiver.bind(group)
-        _join(receiver, address.group, local or "0.0.0.0")
+        memberships = [
+            (socket.inet_aton(address.group) + socket.inet_aton(local or "0.0.0.0"), False)
+        ]
         if address.ttl == 0 and address.interface is None:
             # LCM sends through whatever interface the route to the group names (on a
             # networked host, not lo); with ttl=0 the kernel loops that copy back on
             # that interface only. Join there too, so LCM peers are heard both ways.
             routed = _routed_source(address.group, address.port)
             if routed is not None and routed != _LOOPBACK:
-                _join(receiver, address.group, routed, optional=True)
+                memberships.append(
+                    (socket.inet_aton(address.group) + socket.inet_aton(routed), True)
+                )
 
         sender.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, address.ttl)
         if local:
@@ -153,7 +161,7 @@ def open_udpm_sockets(address: UDPMulticastAddress) -> tuple[socket.socket, sock
         sender.close()
         raise
 
-    return receiver, sender
+    return receiver, sender, memberships
 
 
 class UDPMulticastTransport(asyncio.DatagramTransport):
@@ -163,6 +171,9 @@ class UDPMulticastTransport(asyncio.DatagramTransport):
     sender; this process's own datagrams are dropped (and counted in
     `own_filtered`). Kernel drops reported by ``SO_RXQ_OVFL`` accumulate in
     `kernel_drops`.
+
+    Nothing arrives until `join_group` is called: a member that only publishes
+    never joins, so the kernel does not loop its own traffic back to it.
     """
 
     def __init__(
@@ -172,10 +183,13 @@ class UDPMulticastTransport(asyncio.DatagramTransport):
         sender: socket.socket,
         protocol: asyncio.DatagramProtocol,
         group: tuple[str, int],
+        memberships: list[Membership],
         *,
         budget: int = _DEFAULT_BUDGET,
     ) -> None:
         super().__init__({"group": group})
+        self._memberships = memberships
+        self._joined = False
         self._loop = loop
         self._receiver: socket.socket | None = receiver
         self._sender: socket.socket | None = sender
@@ -215,6 +229,24 @@ class UDPMulticastTransport(asyncio.DatagramTransport):
 
     # -- reading ------------------------------------------------------------
 
+    def join_group(self) -> None:
+        """Join the multicast group, so that datagrams start to arrive. Idempotent.
+
+        :raises OSError: if the kernel refuses the membership.
+        """
+        receiver = self._receiver
+        if self._joined or receiver is None:
+            return
+
+        for membership, optional in self._memberships:
+            try:
+                receiver.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, membership)
+            except OSError:
+                if not optional:
+                    raise
+
+        self._joined = True
+
     def _read_ready(self) -> None:
         receiver = self._receiver
         if receiver is None:
@@ -240,7 +272,7 @@ class UDPMulticastTransport(asyncio.DatagramTransport):
                 self.own_filtered += 1
                 continue
 
-            if flags & socket.MSG_TRUNC:
+            if flags & _MSG_TRUNC:
                 self.truncated += 1
                 continue
 
@@ -485,11 +517,11 @@ async def create_udpm_endpoint(
     :raises OSError: if the kernel refuses the sockets.
     """
     loop = asyncio.get_running_loop()
-    receiver, sender = open_udpm_sockets(address)
+    receiver, sender, memberships = open_udpm_sockets(address)
     try:
         protocol = protocol_factory()
         transport = UDPMulticastTransport(
-            loop, receiver, sender, protocol, (address.group, address.port)
+            loop, receiver, sender, protocol, (address.group, address.port), memberships
         )
     except BaseException:
         receiver.close()
