@@ -4,12 +4,18 @@ A test gets a namespace of its own with :func:`run_in_netns` (any command) or
 :func:`run_peers` (several peer processes started in order by
 ``tests/peers/driver.py`` inside one namespace, coordinated by ``READY`` lines on
 pipes). The namespace comes from ``unshare --net``: it starts with only a ``lo`` that
-is down, and it disappears when its last process exits. Two setups:
+is down, and it disappears when its last process exits. Three setups:
 
 * ``multicast_route=False``: ``lo`` up and nothing else -- no route at all, the state
   of an offline machine's loopback in which asyncbus must work and LCM cannot start;
 * ``multicast_route=True``: also ``lo`` multicast on and a ``224.0.0.0/4`` route on it,
-  the setup LCM's documentation asks for on an offline machine.
+  the setup LCM's documentation asks for on an offline machine;
+* ``setup=NETWORKED_HOST``: ``lo`` up as above (multicast not routed to it), plus an
+  interface ``d0`` with address 192.0.2.1/24 (documentation range) that holds the
+  default route, as on a host with a network connection. ``d0`` is one end of a veth
+  pair whose other end is up but unaddressed: the ``dummy`` driver would do, but not
+  every kernel has it, and every kernel with namespaces has veth. Nothing leaves the
+  namespace either way, and with ``ttl=0`` multicast is only looped back on ``d0``.
 
 The whole process group is killed if the command outlives its timeout, so a hung
 peer cannot outlive the test.
@@ -31,6 +37,14 @@ from typing import Any
 REPO_ROOT = Path(__file__).resolve().parents[1]
 LO_UP = ("ip link set lo up",)
 MULTICAST_ROUTE = ("ip link set lo multicast on", "ip route add 224.0.0.0/4 dev lo")
+NETWORKED_HOST = (
+    "ip link add d0 type veth peer name d0peer",
+    "ip link set d0peer up",
+    "ip addr add 192.0.2.1/24 dev d0",
+    "ip link set d0 up",
+    "ip link set d0 multicast on",
+    "ip route add default dev d0",
+)
 PROBE_TIMEOUT = 10.0  # seconds for `unshare --net true`
 
 
@@ -62,23 +76,45 @@ def unavailable_reason() -> str | None:
     return None
 
 
+@functools.cache
+def setup_unavailable_reason(setup: tuple[str, ...]) -> str | None:
+    """Why ``setup`` (e.g. :data:`NETWORKED_HOST`) fails in a new namespace, or None."""
+    reason = unavailable_reason()
+    if reason is not None:
+        return reason
+
+    script = " && ".join((*LO_UP, *setup))
+    probe = subprocess.run(
+        ["unshare", "--net", "--", "/bin/sh", "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=PROBE_TIMEOUT,
+        check=False,
+    )
+    if probe.returncode != 0:
+        return f"this kernel cannot set up the namespace ({script}): {probe.stderr.strip()}"
+
+    return None
+
+
 class NetnsTimeout(AssertionError):
     """The command in the namespace outlived its timeout and was killed with its children."""
 
 
 def run_in_netns(
-    argv: list[str], *, multicast_route: bool, timeout: float
+    argv: list[str], *, multicast_route: bool, timeout: float, setup: tuple[str, ...] = ()
 ) -> subprocess.CompletedProcess[str]:
     """Run ``argv`` (from the repository root, with it on ``PYTHONPATH``) in a new namespace.
 
     :param argv: the command; ``sys.executable`` for Python.
     :param multicast_route: add LCM's multicast route on ``lo`` (see the module docstring).
     :param timeout: seconds before the command and all its children are killed.
+    :param setup: more shell commands to run first, e.g. :data:`NETWORKED_HOST`.
     :return: the finished process, stdout and stderr as text.
     :raises NetnsTimeout: the command did not finish in time.
     """
-    setup = LO_UP + (MULTICAST_ROUTE if multicast_route else ())
-    script = " && ".join((*setup, 'exec "$@"'))
+    commands = LO_UP + (MULTICAST_ROUTE if multicast_route else ()) + setup
+    script = " && ".join((*commands, 'exec "$@"'))
     command = ["unshare", "--net", "--", "/bin/sh", "-c", script, "netns", *argv]
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
@@ -163,13 +199,16 @@ def _abridged(value: Any, limit: int = 8) -> Any:
     return value
 
 
-def run_peers(peers: list[Peer], *, multicast_route: bool, timeout: float) -> PeersReport:
+def run_peers(
+    peers: list[Peer], *, multicast_route: bool, timeout: float, setup: tuple[str, ...] = ()
+) -> PeersReport:
     """Run ``peers`` inside one new namespace and return what each of them reported.
 
     :param peers: started in order (see :class:`Peer`); all run in the same namespace.
     :param multicast_route: add LCM's multicast route on ``lo``.
     :param timeout: seconds for the whole run; the driver kills its peers a little
         earlier so that their output still comes back.
+    :param setup: more shell commands to set the namespace up (see :func:`run_in_netns`).
     :return: the driver's report.
     :raises NetnsTimeout: the driver itself hung and was killed.
     :raises AssertionError: the driver crashed.
@@ -179,7 +218,7 @@ def run_peers(peers: list[Peer], *, multicast_route: bool, timeout: float) -> Pe
         "peers": [{"name": p.name, "argv": p.argv, "wait": p.wait} for p in peers],
     }
     argv = [sys.executable, "-m", "tests.peers.driver", json.dumps(spec)]
-    done = run_in_netns(argv, multicast_route=multicast_route, timeout=timeout)
+    done = run_in_netns(argv, multicast_route=multicast_route, timeout=timeout, setup=setup)
     assert done.returncode == 0, f"driver failed ({done.returncode}): {done.stderr}{done.stdout}"
     raw = json.loads(done.stdout)
     return PeersReport(raw["error"], raw["peers"], raw["udp"], done.stderr, raw)

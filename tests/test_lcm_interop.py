@@ -9,7 +9,12 @@ each peer a separate process started by ``tests/peers/driver.py`` and coordinate
   the smallest fragmented one and a fragmented message of 3.5 MiB; and a raw socket
   that shows asyncbus's datagrams are LCM's byte for byte (the sequence number aside);
 * with only ``lo`` up and no route at all: ``lcm.LCM()`` cannot start, while two
-  asyncbus processes exchange the same messages.
+  asyncbus processes exchange the same messages;
+* on what looks like a networked host (``lo`` up, the default route on another
+  interface, ``d0``): LCM sends through ``d0`` and, with ``ttl=0``, its datagrams are
+  looped back on ``d0`` only, so asyncbus hears them only because it also joins the
+  group on the routed interface. The other way is an expected failure for now: asyncbus
+  sends on ``lo`` only, and LCM's subscriber joined on ``d0``.
 
 Payloads are deterministic (SHAKE-256 of the message's identity) and compared by
 SHA-256. Delivery is deterministic too: every receive buffer in the namespace holds a
@@ -29,7 +34,14 @@ from typing import Any
 import pytest
 
 from tests.conftest import require
-from tests.netns import Peer, PeersReport, run_peers, unavailable_reason
+from tests.netns import (
+    NETWORKED_HOST,
+    Peer,
+    PeersReport,
+    run_peers,
+    setup_unavailable_reason,
+    unavailable_reason,
+)
 from tests.peers.common import PlannedMessage, plan_to_json
 
 pytestmark = pytest.mark.netns
@@ -297,3 +309,62 @@ def test_asyncbus_without_a_route(loop: str) -> None:
     check_consecutive([r["seq"] for r in received])
     assert {r["sender"].split(":")[0] for r in received} == {"127.0.0.1"}
     check_no_kernel_drops(report)
+
+
+@pytest.fixture
+def _networked_host() -> None:
+    require(
+        setup_unavailable_reason(NETWORKED_HOST) is None,
+        str(setup_unavailable_reason(NETWORKED_HOST)),
+    )
+
+
+@pytest.mark.usefixtures("_lcm_receive_buffer", "_networked_host")
+@LOOPS
+def test_lcm_on_a_networked_host(loop: str) -> None:
+    """With the group routed via ``d0``, not ``lo``, asyncbus hears LCM (and vice versa: xfail).
+
+    LCM sends through ``d0`` (its route), and with ``ttl=0`` the kernel loops its datagrams
+    back on ``d0`` only: an asyncbus subscriber that joined on ``lo`` alone would hear
+    nothing. Each direction runs in a namespace of its own, so that no subscriber of the
+    other direction holds a membership the direction under test would lean on (an
+    asyncbus subscriber's join on ``lo`` would let LCM hear asyncbus by accident).
+    asyncbus -> LCM xfails while asyncbus publishes on ``lo`` only.
+    """
+    lcm_to_asyncbus = run_peers(
+        [
+            Peer("asyncbus", with_plan(asyncbus_peer("subscribe", loop)), wait="ready"),
+            Peer("lcm", with_plan(lcm_peer("publish"))),
+        ],
+        multicast_route=False,
+        setup=NETWORKED_HOST,
+        timeout=TIMEOUT,
+    )
+    received = received_by(lcm_to_asyncbus, "asyncbus")
+    check_asyncbus_peer(lcm_to_asyncbus, "asyncbus", loop)
+    # LCM's send socket is bound to 0.0.0.0 and a port; d0's address is the source
+    [lcm_socket] = lcm_to_asyncbus.result("lcm")["senders"]
+    lcm_port = lcm_socket.rsplit(":", 1)[1]
+    assert {r["sender"] for r in received} == {f"192.0.2.1:{lcm_port}"}, str(lcm_to_asyncbus)
+    check_consecutive([r["seq"] for r in received])
+    check_no_kernel_drops(lcm_to_asyncbus)
+
+    asyncbus_to_lcm = run_peers(
+        [
+            Peer("lcm", with_plan(lcm_peer("subscribe", LCM_URL)), wait="ready"),
+            Peer("asyncbus", with_plan(asyncbus_peer("publish", loop))),
+        ],
+        multicast_route=False,
+        setup=NETWORKED_HOST,
+        timeout=TIMEOUT,
+    )
+    check_asyncbus_peer(asyncbus_to_lcm, "asyncbus", loop)
+    sends_from = [a for a, _ in asyncbus_to_lcm.result("asyncbus")["sockets"] if a != GROUP]
+    if asyncbus_to_lcm.result("lcm")["received"] == [] and sends_from[0].startswith("127."):
+        # Known gap: with ttl=0 and no interface, asyncbus sends on lo only, while LCM's
+        # subscriber joined on the routed interface (d0); nothing joined on lo here.
+        pytest.xfail(f"asyncbus publishes on lo only ({sends_from}); LCM listens on d0")
+
+    received_by(asyncbus_to_lcm, "lcm")
+    assert asyncbus_to_lcm.peers["lcm"]["stderr"] == "", f"LCM complained:\n{asyncbus_to_lcm}"
+    check_no_kernel_drops(asyncbus_to_lcm)
