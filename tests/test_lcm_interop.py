@@ -322,14 +322,15 @@ def _networked_host() -> None:
 @pytest.mark.usefixtures("_lcm_receive_buffer", "_networked_host")
 @LOOPS
 def test_lcm_on_a_networked_host(loop: str) -> None:
-    """With the group routed via ``d0``, not ``lo``, asyncbus hears LCM (and vice versa: xfail).
+    """With the group routed via ``d0``, not ``lo``, asyncbus and LCM still hear each other.
 
     LCM sends through ``d0`` (its route), and with ``ttl=0`` the kernel loops its datagrams
     back on ``d0`` only: an asyncbus subscriber that joined on ``lo`` alone would hear
     nothing. Each direction runs in a namespace of its own, so that no subscriber of the
     other direction holds a membership the direction under test would lean on (an
     asyncbus subscriber's join on ``lo`` would let LCM hear asyncbus by accident).
-    asyncbus -> LCM xfails while asyncbus publishes on ``lo`` only.
+    asyncbus publishes on ``lo``; LCM's subscriber joined on ``d0`` hears it because
+    asyncbus's send socket makes ``lo`` a member of the group (see ``open_udpm_sockets``).
     """
     lcm_to_asyncbus = run_peers(
         [
@@ -360,11 +361,7 @@ def test_lcm_on_a_networked_host(loop: str) -> None:
     )
     check_asyncbus_peer(asyncbus_to_lcm, "asyncbus", loop)
     sends_from = [a for a, _ in asyncbus_to_lcm.result("asyncbus")["sockets"] if a != GROUP]
-    if asyncbus_to_lcm.result("lcm")["received"] == [] and sends_from[0].startswith("127."):
-        # Known gap: with ttl=0 and no interface, asyncbus sends on lo only, while LCM's
-        # subscriber joined on the routed interface (d0); nothing joined on lo here.
-        pytest.xfail(f"asyncbus publishes on lo only ({sends_from}); LCM listens on d0")
-
+    assert sends_from and sends_from[0].startswith("127."), sends_from  # it sent on lo
     received_by(asyncbus_to_lcm, "lcm")
     assert asyncbus_to_lcm.peers["lcm"]["stderr"] == "", f"LCM complained:\n{asyncbus_to_lcm}"
     check_no_kernel_drops(asyncbus_to_lcm)

@@ -154,6 +154,19 @@ def open_udpm_sockets(
 
             sender.bind((routed, 0))
 
+        # The kernel loops a multicast datagram back to local listeners only if the
+        # sending interface is a member of the group. Our receive socket joins lazily,
+        # and a listener such as LCM may have joined on another interface (relying on
+        # IP_MULTICAST_ALL), so the send socket joins on its own interface. Bound to
+        # an ephemeral port, it never receives the group's datagrams itself.
+        sender.setsockopt(socket.IPPROTO_IP, IP_MULTICAST_ALL, 0)
+        source = sender.getsockname()[0]
+        sender.setsockopt(
+            socket.IPPROTO_IP,
+            socket.IP_ADD_MEMBERSHIP,
+            socket.inet_aton(address.group) + socket.inet_aton(source),
+        )
+
         receiver.setblocking(False)
         sender.setblocking(False)
     except BaseException:
