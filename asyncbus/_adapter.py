@@ -149,7 +149,8 @@ class UDPMulticastProtocol(asyncio.DatagramProtocol):
             "malformed": self.malformed + reassembly.inconsistent,
             "oversize": self.oversize + reassembly.oversize,
             "gaps": sequences.gaps,
-            "reordered": sequences.reordered + sequences.duplicates,
+            "reordered": sequences.reordered + sequences.duplicates + reassembly.duplicates,
+            "errors": self.receive_errors,
             "incomplete": reassembly.incomplete,
         }
 

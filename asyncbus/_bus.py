@@ -15,7 +15,7 @@ from ._adapter import UDPMulticastProtocol
 from ._core import lcm
 from ._core.patterns import TopicPattern
 from ._core.url import DEFAULT_URL, UDPMulticastAddress, parse_url
-from ._exceptions import BrokenTransportError, ClosedError, InvalidURLError
+from ._exceptions import BrokenTransportError, ClosedError
 from ._message import Sender
 from ._subscription import DEFAULT_MAXSIZE, OverflowPolicy, Subscription, _Inbox, _Router
 from ._transports.udpm import UDPMulticastTransport, create_udpm_endpoint
@@ -47,7 +47,9 @@ class BusStatistics:
     :ivar kernel_drops: datagrams the kernel dropped because the socket's receive
         buffer was full (``SO_RXQ_OVFL``).
     :ivar gaps: messages missing according to senders' sequence numbers.
-    :ivar reordered: messages that arrived late or twice.
+    :ivar reordered: messages (or fragments) that arrived late or twice.
+    :ivar errors: socket errors the kernel reported while receiving or flushing
+        queued sends (counted, not raised).
     :ivar incomplete: fragmented messages dropped before all fragments arrived.
     :ivar overflow_drops: messages discarded by subscriptions' overflow policies.
     :ivar subscriptions: subscriptions open now.
@@ -64,6 +66,7 @@ class BusStatistics:
     kernel_drops: int
     gaps: int
     reordered: int
+    errors: int
     incomplete: int
     overflow_drops: int
     subscriptions: int
@@ -196,7 +199,10 @@ class Bus:
 
     @property
     def sender(self) -> Sender | None:
-        """This member's identity as others see it in ``Message.sender`` (once open)."""
+        """This member's identity as others see it in ``Message.sender`` (once open).
+
+        Messages delivered to this bus itself (``receive_own=True``) carry it too.
+        """
         return self._self_sender
 
     async def open(self) -> None:
@@ -205,36 +211,49 @@ class Bus:
         :raises InvalidURLError: for an unknown interface.
         :raises BrokenTransportError: if the kernel refuses the sockets (the
             ``OSError`` is the ``__cause__``).
+        :raises ClosedError: if `aclose` was called while opening.
         :raises RuntimeError: if the bus was opened before.
         """
         if self._state != "new":
             raise RuntimeError(f"this bus was already opened ({self._state})")
 
         self._state = "opening"
-        address = self._address
         try:
             transport, protocol = await create_udpm_endpoint(
                 lambda: UDPMulticastProtocol(self._router, max_message_size=self._max_message_size),
-                address,
+                self._address,
             )
-        except InvalidURLError:
-            self._state = "closed"
-            raise
         except OSError as exc:
-            self._state = "closed"
+            self._end_unopened()
             raise BrokenTransportError(f"cannot open {self.url}: {exc.strerror or exc}") from exc
         except BaseException:
-            self._state = "closed"
+            self._end_unopened()
             raise
 
         assert isinstance(protocol, UDPMulticastProtocol)
+        if self._state == "closed":
+            # aclose() ran while the sockets were being set up: it wins.
+            transport.abort()
+            await protocol.wait_closed()
+            raise ClosedError("the bus was closed while it was opening")
+
         self._transport, self._protocol = transport, protocol
         host, port = transport.get_extra_info("sockname")
-        self._self_sender = Sender(f"{host}:{port}", pid=os.getpid())
+        self._self_sender = Sender(f"{host}:{port}")
         protocol.closed_with().add_done_callback(self._transport_lost)
         self._state = "open"
         if self._router.inboxes:
-            self._join_group()
+            try:
+                self._join_group()
+            except BaseException:
+                await self.aclose()
+                raise
+
+    def _end_unopened(self) -> None:
+        """Mark a bus that never opened closed, ending subscriptions made before."""
+        self._state = "closed"
+        self._final_statistics = self._statistics()
+        self._router.end(None)
 
     async def __aenter__(self) -> Bus:
         await self.open()
@@ -254,6 +273,10 @@ class Bus:
         Idempotent. Messages already queued in subscriptions stay readable.
         """
         if self._state == "closed":
+            return
+
+        if self._state in ("new", "opening"):
+            self._end_unopened()  # an open() in progress sees this and gives up
             return
 
         self._state = "closed"
@@ -324,11 +347,17 @@ class Bus:
 
     async def _publish(self, topic: str, channel: bytes, data: Payload) -> None:
         self._check_open()
-        if not isinstance(data, bytes | bytearray | memoryview):
-            raise TypeError(
-                f"a payload must be bytes-like, not {type(data).__name__}"
-                + (" (encode text first, e.g. data.encode())" if isinstance(data, str) else "")
-            )
+        given: object = data  # callers without type checking pass anything
+        if not isinstance(given, bytes | bytearray | memoryview):
+            if isinstance(given, str):
+                raise TypeError("a payload must be bytes-like, not str (encode it: data.encode())")
+
+            try:
+                data = memoryview(data)  # any other buffer, e.g. array.array
+            except TypeError:
+                raise TypeError(
+                    f"a payload must be bytes-like, not {type(data).__name__}"
+                ) from None
 
         seq = self._seq
         datagrams = lcm.encode(channel, seq, data, max_message_size=self._max_message_size)
@@ -451,6 +480,7 @@ class Bus:
             kernel_drops=transport.kernel_drops if transport is not None else 0,
             gaps=adapter.get("gaps", 0),
             reordered=adapter.get("reordered", 0),
+            errors=adapter.get("errors", 0),
             incomplete=adapter.get("incomplete", 0),
             overflow_drops=dropped,
             subscriptions=self._router.inboxes,

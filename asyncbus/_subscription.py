@@ -71,7 +71,8 @@ class SubscriptionStatistics:
     :ivar queued: messages waiting in the queue now.
     :ivar delivered: messages put in the queue so far.
     :ivar received: messages taken out by ``receive()`` so far.
-    :ivar dropped: messages discarded by the overflow policy.
+    :ivar dropped: messages discarded by the overflow policy, or still queued
+        when the subscription was closed.
     """
 
     pattern: str
@@ -157,14 +158,16 @@ class _Inbox:
         queue = self.queue
         message = queue.popleft()
         self.received += 1
-        if self.policy is OverflowPolicy.BLOCK and len(queue) <= self.maxsize // 2:
-            if self.router is not None:
-                self.router.unblock(self)
-
-            while self.space_waiters:
+        if self.policy is OverflowPolicy.BLOCK:
+            # A waiting local publisher needs one free slot; the socket is resumed only
+            # at half, so that reading does not flap on and off with every message.
+            if self.space_waiters and len(queue) < self.maxsize:
                 waiter = self.space_waiters.popleft()
                 if not waiter.done():
                     waiter.set_result(None)
+
+            if len(queue) <= self.maxsize // 2 and self.router is not None:
+                self.router.unblock(self)
 
         return message
 
@@ -263,10 +266,12 @@ class _Router:
             inbox.put(message)
 
     async def dispatch_waiting(self, topic: str, data: bytes, seq: int, sender: Sender) -> None:
-        """Deliver like `dispatch`, but wait for room in ``block`` subscriptions."""
+        """Deliver this member's own message, waiting for room in ``block`` subscriptions.
+
+        Not counted in ``unmatched``, which is about messages received from others.
+        """
         inboxes = self.match(topic)
         if not inboxes:
-            self.unmatched += 1
             return
 
         message = Message(topic, data, seq, sender, time.time())
@@ -404,7 +409,18 @@ class Subscription(ObjectReceiveStream[Message]):
         try:
             return await self.receive()
         except anyio.EndOfStream:
+            if self._implicit:
+                self.close()
+
             raise StopAsyncIteration from None
+        except BaseException:
+            # ``async for msg in topic`` is the only user of an implicit subscription,
+            # and an exception here (cancellation, above all) ends that loop. Close now:
+            # a cancelled task keeps its traceback, and with it this object, alive.
+            if self._implicit:
+                self.close()
+
+            raise
 
     def receive_nowait(self) -> Message:
         """Take the next message if one is queued.

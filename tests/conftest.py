@@ -20,6 +20,10 @@ import pytest
 import pytest_asyncio
 import uvloop
 
+# libuv opens a pipe with the first uvloop loop of a process and keeps it for the
+# process's life; open it now so the fd-leak check does not blame the first test.
+uvloop.new_event_loop().close()
+
 
 def pytest_asyncio_loop_factories(
     config: pytest.Config, item: pytest.Item

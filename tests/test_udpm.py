@@ -480,13 +480,6 @@ class TestInterface:
             async with asyncbus.connect(url, interface="nosuchif0"):
                 pass
 
-    @pytest.mark.xfail(
-        strict=True,
-        raises=asyncbus.BrokenTransportError,
-        reason="bug: an interface given as an IPv4 address that no interface has is "
-        "reported as BrokenTransportError (EADDRNOTAVAIL from bind) instead of "
-        "InvalidURLError like an unknown interface name",
-    )
     async def test_unknown_interface_address_fails_at_open(self, url: str) -> None:
         bus = asyncbus.connect(url, interface="203.0.113.77")  # TEST-NET-3, on no interface
         try:

@@ -59,6 +59,12 @@ def _interface_address(interface: str) -> str:
     except OSError:
         pass
     else:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            try:
+                probe.bind((interface, 0))
+            except OSError:
+                raise InvalidURLError(f"no interface has the address {interface}") from None
+
         return interface
 
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
@@ -219,6 +225,7 @@ class UDPMulticastTransport(asyncio.DatagramTransport):
         self._writing_paused = False
         self._reading = False
         self._closing = False
+        self._made = False
         self._lost = False
         self.own_filtered = 0
         self.kernel_drops = 0
@@ -230,6 +237,7 @@ class UDPMulticastTransport(asyncio.DatagramTransport):
             return
 
         try:
+            self._made = True
             self._protocol.connection_made(self)
         except (SystemExit, KeyboardInterrupt):
             raise
@@ -471,7 +479,8 @@ class UDPMulticastTransport(asyncio.DatagramTransport):
             exc = RuntimeError(f"transport failed: {exc!r}")
 
         try:
-            self._protocol.connection_lost(exc)
+            if self._made:  # asyncio's contract: no connection_lost without connection_made
+                self._protocol.connection_lost(exc)
         finally:
             self._close_sockets()
 
@@ -541,8 +550,13 @@ async def create_udpm_endpoint(
         sender.close()
         raise
 
-    started = loop.create_future()
-    loop.call_soon(started.set_result, None)  # runs after the transport's _start
+    started: asyncio.Future[None] = loop.create_future()
+
+    def _started() -> None:
+        if not started.done():  # it is cancelled if our caller was
+            started.set_result(None)
+
+    loop.call_soon(_started)  # runs after the transport's _start
     try:
         await started
     except BaseException:
