@@ -353,10 +353,10 @@ class Bus:
                 raise TypeError("a payload must be bytes-like, not str (encode it: data.encode())")
 
             try:
-                data = memoryview(data)  # any other buffer, e.g. array.array
+                data = memoryview(given)  # type: ignore[arg-type]  # any buffer: array.array, ...
             except TypeError:
                 raise TypeError(
-                    f"a payload must be bytes-like, not {type(data).__name__}"
+                    f"a payload must be bytes-like, not {type(given).__name__}"
                 ) from None
 
         seq = self._seq

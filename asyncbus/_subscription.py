@@ -161,10 +161,14 @@ class _Inbox:
         if self.policy is OverflowPolicy.BLOCK:
             # A waiting local publisher needs one free slot; the socket is resumed only
             # at half, so that reading does not flap on and off with every message.
-            if self.space_waiters and len(queue) < self.maxsize:
-                waiter = self.space_waiters.popleft()
-                if not waiter.done():
-                    waiter.set_result(None)
+            if len(queue) < self.maxsize:
+                # Skip waiters whose publish() was cancelled: the room must go to a live one.
+                waiters = self.space_waiters
+                while waiters:
+                    waiter = waiters.popleft()
+                    if not waiter.done():
+                        waiter.set_result(None)
+                        break
 
             if len(queue) <= self.maxsize // 2 and self.router is not None:
                 self.router.unblock(self)

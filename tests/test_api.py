@@ -834,6 +834,24 @@ class TestOverflow:
             assert sub.statistics().dropped == 0
             assert own_bus.statistics().overflow_drops == 0
 
+    async def test_room_goes_to_a_live_publisher_after_one_was_cancelled(
+        self, own_bus: asyncbus.Bus
+    ) -> None:
+        async with own_bus.subscribe("t", maxsize=1, policy="block") as sub:
+            await own_bus.publish("t", b"0")
+            cancelled = asyncio.create_task(own_bus.publish("t", b"cancelled"))
+            waiting = asyncio.create_task(own_bus.publish("t", b"waiting"))
+            done, _ = await asyncio.wait({cancelled, waiting}, timeout=0.05)
+            assert not done, "publish() went on although the block queue was full"
+            cancelled.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await cancelled
+
+            assert sub.receive_nowait().data == b"0"
+            done, _ = await asyncio.wait({waiting}, timeout=1.0)
+            assert done, "the live publisher stayed blocked: the room went to a cancelled one"
+            assert drain(sub) == [b"waiting"]
+
     async def test_block_publisher_released_when_subscription_closes(
         self, own_bus: asyncbus.Bus
     ) -> None:
