@@ -19,12 +19,14 @@ from ._core.url import DEFAULT_URL
 from ._exceptions import (
     AsyncBusError,
     BrokenTransportError,
+    BusPermissionError,
     BusyError,
     ClosedError,
     InvalidURLError,
     LocalProtocolError,
     MessageTooLargeError,
     RemoteProtocolError,
+    UnsupportedError,
     WouldBlock,
 )
 from ._message import Message, Sender
@@ -37,6 +39,7 @@ __all__ = [
     "AsyncBusError",
     "BrokenTransportError",
     "Bus",
+    "BusPermissionError",
     "BusStatistics",
     "BusyError",
     "ClosedError",
@@ -50,6 +53,7 @@ __all__ = [
     "Subscription",
     "SubscriptionStatistics",
     "Topic",
+    "UnsupportedError",
     "WouldBlock",
     "__version__",
     "connect",

@@ -11,14 +11,16 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Final, final
 
-from ._adapter import UDPMulticastProtocol
+from ._adapters.udpm import UDPMulticastProtocol
+from ._adapters.unix import UNIXMemberProtocol, address_text
 from ._core import lcm
 from ._core.patterns import TopicPattern
-from ._core.url import DEFAULT_URL, UDPMulticastAddress, parse_url
-from ._exceptions import BrokenTransportError, ClosedError
+from ._core.url import DEFAULT_URL, UDPMulticastAddress, UNIXAddress, parse_url
+from ._exceptions import BrokenTransportError, BusPermissionError, ClosedError, UnsupportedError
 from ._message import Sender
 from ._subscription import DEFAULT_MAXSIZE, OverflowPolicy, Subscription, _Inbox, _Router
 from ._transports.udpm import UDPMulticastTransport, create_udpm_endpoint
+from ._transports.unix import UNIXDatagramTransport, UNIXSeqpacketTransport, create_unix_endpoint
 
 __all__ = ["Bus", "BusStatistics", "Topic", "connect"]
 
@@ -53,6 +55,14 @@ class BusStatistics:
     :ivar incomplete: fragmented messages dropped before all fragments arrived.
     :ivar overflow_drops: messages discarded by subscriptions' overflow policies.
     :ivar subscriptions: subscriptions open now.
+    :ivar peers: other members this one knows and accepted (unix transports).
+    :ivar peers_lost: members forgotten because they died or became unreachable
+        (not counting those that left with BYE; unix transports).
+    :ivar rejected: frames and connections refused because the sender's
+        credentials are not allowed (unix transports).
+    :ivar send_drops: messages this member dropped for a peer whose socket and
+        queue were full, by that peer's policy; the peer counts them as gaps
+        (unix transports).
     """
 
     published: int
@@ -70,6 +80,10 @@ class BusStatistics:
     incomplete: int
     overflow_drops: int
     subscriptions: int
+    peers: int
+    peers_lost: int
+    rejected: int
+    send_drops: int
 
 
 @final
@@ -110,6 +124,20 @@ class Topic:
         :raises TypeError: if ``data`` is not bytes-like.
         """
         await self._bus._publish(self.name, self._channel, data)
+
+    async def wait_subscribers(self, count: int = 1) -> None:
+        """Wait until at least ``count`` other members subscribe to this topic.
+
+        On the unix transports publishers know who wants what, so a publisher
+        can wait for its audience before it starts (bound the wait with
+        ``asyncio.timeout``).
+
+        :param count: how many members (at least 1).
+        :raises UnsupportedError: on ``udpm``, which has no membership.
+        :raises ClosedError: if the bus is or gets closed.
+        :raises ValueError: if ``count`` is not positive.
+        """
+        await self._bus._wait_members(count, self.name)
 
     def subscribe(
         self,
@@ -163,22 +191,26 @@ class Bus:
             own subscriptions (in-process; the kernel's echo is always dropped).
         :param max_message_size: largest payload sent or reassembled, in bytes.
         :param options: transport options that override the URL's query
-            (``ttl``, ``interface``, ``recv_buf_size`` for ``udpm``).
+            (``ttl``, ``interface``, ``recv_buf_size`` for ``udpm``;
+            ``allow_uids``, ``allow_gids``, ``peer_queue``, ``stall_timeout``,
+            ``join_timeout`` for ``unix`` and ``seqpacket``).
         :raises InvalidURLError: if the URL or an option is invalid.
         :raises ValueError: if ``max_message_size`` is not positive.
         """
         if url is None:
             url = os.environ.get(_URL_VARIABLE) or DEFAULT_URL
 
-        self._address: UDPMulticastAddress = parse_url(url, options)
+        self._address: UDPMulticastAddress | UNIXAddress = parse_url(url, options)
         if max_message_size <= 0:
             raise ValueError(f"max_message_size must be positive, not {max_message_size}")
 
         self._max_message_size = max_message_size
         self._receive_own = receive_own
-        self._router = _Router(self._set_blocked)
+        self._router = _Router(self._set_blocked, self._interests_changed)
         self._transport: UDPMulticastTransport | None = None
         self._protocol: UDPMulticastProtocol | None = None
+        self._unix_transport: UNIXDatagramTransport | UNIXSeqpacketTransport | None = None
+        self._unix: UNIXMemberProtocol | None = None
         self._self_sender: Sender | None = None
         self._channels: dict[str, bytes] = {}
         self._seq = 0
@@ -208,7 +240,14 @@ class Bus:
     async def open(self) -> None:
         """Open the transport.
 
-        :raises InvalidURLError: for an unknown interface.
+        On the unix transports this also joins the bus: it greets the members
+        it finds and waits (at most ``join_timeout``) for their answers, so a
+        publish right after `open` reaches every member that was subscribed.
+
+        :raises InvalidURLError: for an unknown interface, or a bus directory
+            whose socket paths would be too long.
+        :raises BusPermissionError: if a bus directory is not this user's, is
+            writable by others, or cannot be created.
         :raises BrokenTransportError: if the kernel refuses the sockets (the
             ``OSError`` is the ``__cause__``).
         :raises ClosedError: if `aclose` was called while opening.
@@ -218,6 +257,10 @@ class Bus:
             raise RuntimeError(f"this bus was already opened ({self._state})")
 
         self._state = "opening"
+        if isinstance(self._address, UNIXAddress):
+            await self._open_unix(self._address)
+            return
+
         try:
             transport, protocol = await create_udpm_endpoint(
                 lambda: UDPMulticastProtocol(self._router, max_message_size=self._max_message_size),
@@ -248,6 +291,49 @@ class Bus:
             except BaseException:
                 await self.aclose()
                 raise
+
+    async def _open_unix(self, address: UNIXAddress) -> None:
+        try:
+            transport, protocol = await create_unix_endpoint(
+                lambda: UNIXMemberProtocol(
+                    self._router, address, max_message_size=self._max_message_size
+                ),
+                address,
+            )
+        except BusPermissionError:
+            self._end_unopened()
+            raise
+        except OSError as exc:
+            self._end_unopened()
+            raise BrokenTransportError(f"cannot open {self.url}: {exc.strerror or exc}") from exc
+        except BaseException:
+            self._end_unopened()
+            raise
+
+        assert isinstance(protocol, UNIXMemberProtocol)
+        self._unix_transport, self._unix = transport, protocol
+        own = transport.get_extra_info("sockname")
+        self._self_sender = Sender(address_text(own), os.getpid(), os.geteuid(), os.getegid())
+        protocol.closed_with().add_done_callback(self._transport_lost)
+        try:
+            await protocol.join()
+        except BaseException as exc:
+            transport.abort()
+            await protocol.wait_closed()
+            self._end_unopened()
+            if isinstance(exc, OSError):
+                raise BrokenTransportError(
+                    f"cannot join {self.url}: {exc.strerror or exc}"
+                ) from exc
+
+            raise
+
+        if self._state == "closed":
+            transport.abort()
+            await protocol.wait_closed()
+            raise ClosedError("the bus was closed while it was opening")
+
+        self._state = "open"
 
     def _end_unopened(self) -> None:
         """Mark a bus that never opened closed, ending subscriptions made before."""
@@ -280,8 +366,18 @@ class Bus:
             return
 
         self._state = "closed"
-        self._final_statistics = self._statistics()
         self._router.end(None)
+        unix = self._unix
+        if unix is not None:
+            try:
+                await unix.leave()
+            finally:
+                self._final_statistics = self._statistics()
+                await unix.wait_closed()
+
+            return
+
+        self._final_statistics = self._statistics()
         transport, protocol = self._transport, self._protocol
         if transport is not None and protocol is not None:
             transport.close()
@@ -304,7 +400,8 @@ class Bus:
             raise RuntimeError("the bus is not open yet: use 'async with' or await bus.open()")
 
     def _set_blocked(self, blocked: bool) -> None:
-        transport = self._transport
+        transport: UDPMulticastTransport | UNIXDatagramTransport | UNIXSeqpacketTransport | None
+        transport = self._transport or self._unix_transport
         if transport is None or transport.is_closing():
             return
 
@@ -345,6 +442,43 @@ class Bus:
 
         await self._publish(topic, channel, data)
 
+    def _interests_changed(self) -> None:
+        if self._unix is not None:
+            self._unix.subscriptions_changed()
+
+    async def _wait_members(self, count: int, topic: str | None) -> None:
+        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+            raise ValueError(f"count must be a positive int, not {count!r}")
+
+        if isinstance(self._address, UDPMulticastAddress):
+            raise UnsupportedError(
+                "udpm has no membership: members are anonymous and nobody knows who listens; "
+                "use a unix: or seqpacket: bus to wait for peers"
+            )
+
+        self._check_open()
+        unix = self._unix
+        assert unix is not None
+        if topic is None:
+            await unix.wait_until(lambda: unix.peer_count() >= count)
+        else:
+            await unix.wait_until(lambda: unix.subscriber_count(topic) >= count)
+
+        self._check_open()
+
+    async def wait_peers(self, count: int = 1) -> None:
+        """Wait until this member knows at least ``count`` other members.
+
+        Bound the wait with ``asyncio.timeout``.
+
+        :param count: how many members (at least 1).
+        :raises UnsupportedError: on ``udpm``, which has no membership.
+        :raises ClosedError: if the bus is or gets closed.
+        :raises BrokenTransportError: if the transport broke.
+        :raises ValueError: if ``count`` is not positive.
+        """
+        await self._wait_members(count, None)
+
     async def _publish(self, topic: str, channel: bytes, data: Payload) -> None:
         self._check_open()
         given: object = data  # callers without type checking pass anything
@@ -358,6 +492,21 @@ class Bus:
                 raise TypeError(
                     f"a payload must be bytes-like, not {type(given).__name__}"
                 ) from None
+
+        unix = self._unix
+        if unix is not None:
+            backlog = await unix.publish(channel, topic, data)
+            self._published += 1
+            if self._receive_own:
+                assert self._self_sender is not None
+                await self._router.dispatch_waiting(topic, bytes(data), 0, self._self_sender)
+
+            # A peer's socket is full: give the loop a turn to flush (and, in
+            # this process, to read) before queueing more behind it.
+            if backlog or self._published % _YIELD_EVERY == 0:
+                await asyncio.sleep(0)
+
+            return
 
         seq = self._seq
         datagrams = lcm.encode(channel, seq, data, max_message_size=self._max_message_size)
@@ -438,6 +587,13 @@ class Bus:
         self._join_group()
         inbox = _Inbox(pattern, maxsize, policy, self._router)
         self._router.add(inbox)
+        if self._unix is not None:
+            try:
+                self._unix.check_interests()
+            except BaseException:
+                self._router.remove(inbox)
+                raise
+
         return Subscription(inbox, implicit=implicit)
 
     def _join_group(self) -> None:
@@ -465,7 +621,12 @@ class Bus:
         return self._statistics()
 
     def _statistics(self) -> BusStatistics:
-        adapter = self._protocol.statistics() if self._protocol is not None else {}
+        adapter: dict[str, int] = {}
+        if self._protocol is not None:
+            adapter = self._protocol.statistics()
+        elif self._unix is not None:
+            adapter = self._unix.statistics()
+
         transport = self._transport
         delivered, dropped = self._router.totals()
         return BusStatistics(
@@ -484,6 +645,10 @@ class Bus:
             incomplete=adapter.get("incomplete", 0),
             overflow_drops=dropped,
             subscriptions=self._router.inboxes,
+            peers=adapter.get("peers", 0),
+            peers_lost=adapter.get("peers_lost", 0),
+            rejected=adapter.get("rejected", 0),
+            send_drops=adapter.get("send_drops", 0),
         )
 
     def __del__(self, _warn: Callable[..., None] = warnings.warn) -> None:

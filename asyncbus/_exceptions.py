@@ -8,6 +8,8 @@ The tree (documented in ``docs/exceptions.md``; keep the two in sync)::
     ├── BusyError               (also anyio.BusyResourceError)   another task is receiving
     ├── WouldBlock              (also anyio.WouldBlock)          *_nowait() had nothing to do
     ├── InvalidURLError         (also ValueError)                a bus URL that cannot work
+    ├── BusPermissionError      (also PermissionError)           an unsafe bus directory
+    ├── UnsupportedError        (also NotImplementedError)       this transport cannot do that
     ├── LocalProtocolError      (also ValueError)                the wire cannot carry that
     │   └── MessageTooLargeError
     └── RemoteProtocolError                                      a peer sent garbage
@@ -23,12 +25,14 @@ import anyio
 __all__ = [
     "AsyncBusError",
     "BrokenTransportError",
+    "BusPermissionError",
     "BusyError",
     "ClosedError",
     "InvalidURLError",
     "LocalProtocolError",
     "MessageTooLargeError",
     "RemoteProtocolError",
+    "UnsupportedError",
     "WouldBlock",
 ]
 
@@ -61,6 +65,17 @@ class WouldBlock(AsyncBusError, anyio.WouldBlock):
 
 class InvalidURLError(AsyncBusError, ValueError):
     """A bus URL is malformed, names an unknown scheme, or has a bad option."""
+
+
+class BusPermissionError(AsyncBusError, PermissionError):
+    """A bus directory is unsafe (not ours, or writable by others) or not accessible.
+
+    The original `OSError`, if any, is attached as ``__cause__``.
+    """
+
+
+class UnsupportedError(AsyncBusError, NotImplementedError):
+    """The bus's transport cannot do what was asked (e.g. membership on ``udpm``)."""
 
 
 class LocalProtocolError(AsyncBusError, ValueError):

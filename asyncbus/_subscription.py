@@ -200,8 +200,13 @@ class _Inbox:
 class _Router:
     """Finds the inboxes for a topic and fills them (internal)."""
 
-    def __init__(self, set_blocked: Callable[[bool], None]) -> None:
+    def __init__(
+        self,
+        set_blocked: Callable[[bool], None],
+        changed: Callable[[], None] | None = None,
+    ) -> None:
         self._set_blocked = set_blocked
+        self._changed = changed
         self._exact: dict[str, list[_Inbox]] = {}
         self._patterns: list[_Inbox] = []
         self._cache: dict[str, tuple[_Inbox, ...]] = {}
@@ -224,6 +229,8 @@ class _Router:
         self.inboxes += 1
         if self._ended is not None:
             inbox.end(self._ended)
+        elif self._changed is not None:
+            self._changed()
 
     def remove(self, inbox: _Inbox) -> None:
         if inbox.router is not self:
@@ -244,6 +251,13 @@ class _Router:
         self.retired_delivered += inbox.delivered
         self.retired_dropped += inbox.dropped
         self.unblock(inbox)
+        if self._changed is not None and self._ended is None:
+            self._changed()
+
+    def interests(self) -> list[tuple[TopicPattern, OverflowPolicy]]:
+        """Return the pattern and policy of every open subscription."""
+        inboxes = [*self._patterns, *(i for group in self._exact.values() for i in group)]
+        return [(inbox.pattern, inbox.policy) for inbox in inboxes]
 
     def match(self, topic: str) -> tuple[_Inbox, ...]:
         inboxes = self._cache.get(topic)

@@ -26,9 +26,10 @@ class TopicPattern:
 
     :ivar text: the pattern as the user wrote it.
     :ivar exact: the topic name for an exact pattern, else ``None``.
+    :ivar kind: ``"exact"``, ``"glob"`` or ``"regex"``.
     """
 
-    __slots__ = ("_regex", "exact", "text")
+    __slots__ = ("_regex", "exact", "kind", "text")
 
     def __init__(self, pattern: str | re.Pattern[str], *, regex: bool = False) -> None:
         """Compile a pattern.
@@ -44,6 +45,7 @@ class TopicPattern:
 
             self.text: str = pattern.pattern
             self.exact: str | None = None
+            self.kind: str = "regex"
             self._regex: re.Pattern[str] | None = pattern
             return
 
@@ -56,6 +58,7 @@ class TopicPattern:
             raise ValueError("a topic pattern must not be empty")
 
         self.text = pattern
+        self.kind = "regex" if regex else "glob"
         if regex:
             try:
                 self._regex = re.compile(pattern)
@@ -66,6 +69,7 @@ class TopicPattern:
         elif _GLOB_CHARS.isdisjoint(pattern):
             self._regex = None
             self.exact = pattern
+            self.kind = "exact"
         else:
             self._regex = re.compile(fnmatch.translate(pattern))
             self.exact = None
@@ -79,6 +83,7 @@ class TopicPattern:
         """
         pattern = cls.__new__(cls)
         pattern.text = pattern.exact = topic
+        pattern.kind = "exact"
         pattern._regex = None
         return pattern
 
@@ -94,5 +99,4 @@ class TopicPattern:
         return self._regex.fullmatch(topic) is not None
 
     def __repr__(self) -> str:
-        kind = "exact" if self.exact is not None else "regex"
-        return f"TopicPattern({self.text!r}, {kind})"
+        return f"TopicPattern({self.text!r}, {self.kind})"

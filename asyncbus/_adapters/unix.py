@@ -1,0 +1,530 @@
+"""The asyncio protocol of a member on an AF_UNIX bus (``unix:`` or ``seqpacket:``).
+
+`UNIXMemberProtocol` is where the membership core
+(`asyncbus._core.membership`), a unix transport and the event loop meet:
+
+* frames in: credentials are checked first (same uid by default, or the listed
+  uids and gids); control frames update the peer table; LCM frames go through
+  `asyncbus._adapters.common.MessageReceiver`, keyed by the source, so each
+  publisher-to-subscriber link has its own sequence numbers and every gap is a
+  loss;
+* publish: each verified peer whose subscriptions match gets the message with
+  that link's next sequence number. A peer whose socket is full gets up to
+  ``peer_queue`` messages queued in its link; past that its policy applies:
+  ``block`` makes ``publish()`` wait (at most ``stall_timeout`` per peer, then
+  the peer counts as stalled and is dropped for until it drains), the drop
+  policies drop for that peer alone and count it (the peer sees the gap);
+* join, leave and death: see the theory of operation in the membership core.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Callable, Hashable
+from typing import Final
+
+from .._core import lcm
+from .._core.membership import Membership, Peer
+from .._core.patterns import TopicPattern
+from .._core.unixwire import (
+    Bye,
+    Hello,
+    PatternKind,
+    PeerPolicy,
+    SubscriptionEntry,
+    Subscriptions,
+    decode_control,
+    encode_bye,
+    encode_hello,
+    encode_subscriptions,
+    is_control,
+)
+from .._core.url import UNIXAddress
+from .._exceptions import ClosedError, LocalProtocolError, RemoteProtocolError
+from .._message import Sender
+from .._subscription import OverflowPolicy, _Router
+from .._transports.unix import Credentials, UNIXDatagramTransport, UNIXSeqpacketTransport
+from .common import MessageReceiver
+
+__all__ = ["UNIXMemberProtocol"]
+
+_SHORT_HEADER: Final = lcm.SHORT_HEADER
+_SHORT_MAGIC: Final = lcm.Magic.SHORT
+_SHORT_PREFIX: Final = _SHORT_MAGIC.to_bytes(4, "big")
+_SENDER_CACHE_LIMIT: Final = 4096
+_POLICIES: Final = {
+    OverflowPolicy.DROP_OLDEST: PeerPolicy.DROP_OLDEST,
+    OverflowPolicy.DROP_NEWEST: PeerPolicy.DROP_NEWEST,
+    OverflowPolicy.BLOCK: PeerPolicy.BLOCK,
+}
+
+Transport = UNIXDatagramTransport | UNIXSeqpacketTransport
+
+
+def address_text(address: bytes) -> str:
+    """Show a ``sun_path`` as people write it: ``@name`` for abstract addresses."""
+    if address[:1] == b"\0":
+        return "@" + address[1:].decode("utf-8", "backslashreplace")
+
+    return os.fsdecode(address)
+
+
+class UNIXMemberProtocol(MessageReceiver):
+    """One member's side of the unix bus protocol (internal)."""
+
+    def __init__(self, router: _Router, bus: UNIXAddress, *, max_message_size: int) -> None:
+        super().__init__(router, max_message_size=max_message_size)
+        self._bus = bus
+        self._uid = os.geteuid()
+        self._transport: Transport | None = None
+        self._membership = Membership(b"")
+        self._own_hello = b""
+        self._subscribe_frame = encode_subscriptions(())
+        self._subscriptions_pending = False
+        self._senders: dict[tuple[Hashable, Credentials], Sender] = {}
+        self._room_waiters: dict[bytes, list[asyncio.Future[None]]] = {}
+        self._change_waiters: list[asyncio.Future[None]] = []
+        self._joining: set[bytes] = set()
+        self._closed: asyncio.Future[BaseException | None] | None = None
+        self._leaving = False
+        self.rejected = 0
+        self.send_drops = 0
+        self.peers_lost = 0
+        self.errors = 0
+
+    # -- transport callbacks ------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, UNIXDatagramTransport | UNIXSeqpacketTransport)
+        self._loop = asyncio.get_running_loop()
+        self._transport = transport
+        own = transport.get_extra_info("sockname")
+        self._membership = Membership(own)
+        self._own_hello = encode_hello(own, reply=False)
+        self._closed = self._loop.create_future()
+        self._subscribe_frame = self._encode_interests()
+
+    def connection_allowed(self, creds: Credentials) -> bool:
+        _, uid, gid = creds
+        bus = self._bus
+        return uid == self._uid or uid in bus.allow_uids or gid in bus.allow_gids
+
+    def frame_received(self, frame: bytes, source: Hashable, creds: Credentials | None) -> None:
+        self.datagrams += 1
+        if creds is None or not self.connection_allowed(creds):
+            self.rejected += 1
+            return
+
+        if frame[:4] != _SHORT_PREFIX and is_control(frame):
+            self._control_received(frame, source)
+            return
+
+        sender = self._senders.get((source, creds))
+        if sender is None:
+            sender = self._sender_for(source, creds)
+
+        self.receive_lcm(frame, source, sender)
+
+    def source_closed(self, source: Hashable) -> None:
+        peer = self._membership.peer_of(source)
+        self._forget_source(source)
+        if peer is not None:
+            self._lose(peer.address, lost=True)
+
+    def link_drained(self, address: bytes, queued: int) -> None:
+        if queued < self._bus.peer_queue:
+            peer = self._membership.peers.get(address)
+            if peer is not None:
+                peer.stalled = False
+
+            self._wake_room(address)
+
+    def link_lost(self, address: bytes, exc: OSError | None) -> None:
+        self._lose(address, lost=True)
+
+    def error_received(self, exc: OSError) -> None:
+        self.errors += 1
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self.stop_receiving()
+        for address in list(self._room_waiters):
+            self._wake_room(address)
+
+        self._wake_changes()
+        if self._closed is not None and not self._closed.done():
+            self._closed.set_result(exc)
+
+    # -- control frames -----------------------------------------------------
+
+    def _control_received(self, frame: bytes, source: Hashable) -> None:
+        try:
+            control = decode_control(frame)
+        except RemoteProtocolError:
+            self.malformed += 1
+            return
+
+        if type(control) is Hello:
+            self._hello_received(control, source)
+        elif type(control) is Subscriptions:
+            if self._membership.on_subscriptions(source, control) is None:
+                self.malformed += 1  # SUBSCRIBE before HELLO breaks the protocol
+            else:
+                self._wake_changes()
+        else:
+            assert type(control) is Bye
+            peer = self._membership.peer_of(source)
+            self._forget_source(source)
+            if peer is not None:
+                self._lose(peer.address, lost=False)
+
+    def _hello_received(self, hello: Hello, source: Hashable) -> None:
+        transport = self._transport
+        if transport is None or transport.is_closing() or self._leaving:
+            return
+
+        actions = self._membership.on_hello(source, hello)
+        if actions is None:
+            return
+
+        self._senders = {key: s for key, s in self._senders.items() if key[0] != source}
+        address = actions.peer.address
+        if actions.link or not transport.has_link(address):
+            try:
+                transport.open_link(address)
+            except OSError:
+                self._lose(address, lost=True)
+                return
+
+        if actions.send_hello:
+            transport.send(address, self._own_hello)
+
+        if actions.send_subscriptions:
+            transport.send(address, self._subscribe_frame)
+
+        self._joining.discard(address)
+        self._wake_changes()
+
+    def _lose(self, address: bytes, *, lost: bool) -> None:
+        peer = self._membership.forget(address)
+        transport = self._transport
+        if transport is not None:
+            transport.close_link(address)
+
+        if peer is not None and lost:
+            self.peers_lost += 1
+
+        self._joining.discard(address)
+        self._wake_room(address)
+        self._wake_changes()
+
+    def _forget_source(self, source: Hashable) -> None:
+        self._membership.forget_source(source)
+        self.forget_source(source)
+        self._senders = {key: s for key, s in self._senders.items() if key[0] != source}
+
+    def _sender_for(self, source: Hashable, creds: Credentials) -> Sender:
+        peer = self._membership.peer_of(source)
+        if peer is not None:
+            name = address_text(peer.address)
+        elif isinstance(source, bytes | str) and source:
+            name = address_text(os.fsencode(source))
+        else:
+            name = "(unnamed)"
+
+        if len(self._senders) >= _SENDER_CACHE_LIMIT:
+            self._senders.clear()
+
+        pid, uid, gid = creds
+        sender = self._senders[(source, creds)] = Sender(name, pid, uid, gid)
+        return sender
+
+    # -- joining and leaving ------------------------------------------------
+
+    async def join(self) -> None:
+        """Find the members, greet them, and wait (at most ``join_timeout``) for answers.
+
+        :raises OSError: if the bus cannot be listed.
+        """
+        transport = self._transport
+        assert transport is not None and self._loop is not None
+        hello = encode_hello(transport.get_extra_info("sockname"), reply=True)
+        for address in transport.discover():
+            try:
+                transport.open_link(address)
+            except OSError:
+                continue  # gone, refused, or a dead member's file (now removed)
+
+            self._membership.link(address)
+            self._joining.add(address)
+            transport.send(address, hello)
+
+        deadline = self._loop.time() + self._bus.join_timeout
+        while self._joining and not transport.is_closing():
+            remaining = deadline - self._loop.time()
+            if remaining <= 0:
+                break
+
+            waiter = self._loop.create_future()
+            self._change_waiters.append(waiter)
+            handle = self._loop.call_later(remaining, _resolve, waiter)
+            try:
+                await waiter
+            finally:
+                handle.cancel()
+
+        # Whoever did not answer is not (yet) a member: free its link. A slow
+        # member that answers later is linked again by its HELLO.
+        for address in list(self._joining):
+            peer = self._membership.peers.get(address)
+            if peer is not None and not peer.verified:
+                self._membership.forget(address)
+                transport.close_link(address)
+
+        self._joining.clear()
+
+    async def leave(self) -> None:
+        """Flush queued messages (at most ``stall_timeout``), say BYE, close."""
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            return
+
+        self._leaving = True
+        assert self._loop is not None
+        timeout = self._bus.stall_timeout
+        deadline = self._loop.time() + timeout if timeout else None
+        try:
+            while transport.total_queued() and not transport.is_closing():
+                remaining = None if deadline is None else deadline - self._loop.time()
+                if remaining is not None and remaining <= 0:
+                    break
+
+                waiter = self._loop.create_future()
+                for address in list(self._membership.peers):
+                    if transport.queued(address):
+                        self._room_waiters.setdefault(address, []).append(waiter)
+
+                handle = (
+                    None
+                    if remaining is None
+                    else self._loop.call_later(remaining, _resolve, waiter)
+                )
+                try:
+                    await waiter
+                finally:
+                    if handle is not None:
+                        handle.cancel()
+        finally:
+            self.send_drops += transport.total_queued()
+            transport.send_all(encode_bye())
+            transport.close()
+
+    # -- subscriptions ------------------------------------------------------
+
+    def subscriptions_changed(self) -> None:
+        """Send our new subscription set to every verified peer (on the next turn)."""
+        if self._subscriptions_pending or self._loop is None:
+            return
+
+        self._subscriptions_pending = True
+        try:
+            self._loop.call_soon(self._send_subscriptions)
+        except RuntimeError:  # the loop is closed: the bus is gone anyway
+            self._subscriptions_pending = False
+
+    def _encode_interests(self) -> bytes:
+        entries = set()
+        for pattern, policy in self._router.interests():
+            entries.add(_entry(pattern, policy))
+
+        return encode_subscriptions(sorted(entries, key=lambda e: (e.kind, e.pattern, e.policy)))
+
+    def check_interests(self) -> None:
+        """Raise if the subscription set no longer fits a SUBSCRIBE frame.
+
+        :raises LocalProtocolError: if it does not.
+        """
+        self._encode_interests()
+
+    def _send_subscriptions(self) -> None:
+        self._subscriptions_pending = False
+        transport = self._transport
+        if transport is None or transport.is_closing() or self._leaving:
+            return
+
+        try:
+            frame = self._encode_interests()
+        except LocalProtocolError:
+            self.errors += 1  # checked at subscribe(); cannot happen on remove
+            return
+
+        if frame == self._subscribe_frame:
+            return
+
+        self._subscribe_frame = frame
+        for peer in list(self._membership.peers.values()):
+            if peer.verified:
+                transport.send(peer.address, frame)
+
+    # -- publishing ---------------------------------------------------------
+
+    async def publish(
+        self, channel: bytes, topic: str, data: bytes | bytearray | memoryview
+    ) -> bool:
+        """Send one message to every peer that wants it, applying their policies.
+
+        :return: ``True`` if a peer's socket is full (messages wait in its queue):
+            the caller should let the loop run the writers.
+        :raises MessageTooLargeError: if the payload is over the bus's limit.
+        :raises ClosedError: if the bus closed while waiting for a peer.
+        :raises TypeError: if ``data`` is a buffer that is not C-contiguous.
+        """
+        if type(data) is not bytes:
+            data = memoryview(data).cast("B")  # count bytes, not items
+
+        size = len(data)
+        if size > self._max_message_size:
+            lcm.encode(channel, 0, data, max_message_size=self._max_message_size)  # raises
+
+        targets = self._membership.targets(topic)
+        if not targets:
+            return False
+
+        transport = self._transport
+        assert transport is not None
+        bound = self._bus.peer_queue
+        single = len(channel) + size <= lcm.MAX_SHORT_PAYLOAD
+        body = channel + data if single else b""
+        blocked: list[Peer] | None = None
+        backlog = False
+        for peer, policy in targets:
+            address = peer.address
+            seq = peer.next_seq()
+            queued = transport.queued(address)
+            if queued:
+                backlog = True
+
+            if queued >= bound:
+                if policy is PeerPolicy.BLOCK and not peer.stalled:
+                    if blocked is None:
+                        blocked = []
+
+                    blocked.append(peer)
+                elif policy is PeerPolicy.DROP_OLDEST and transport.discard_oldest(address):
+                    self.send_drops += 1
+                else:
+                    self.send_drops += 1
+                    continue
+
+            if single:
+                transport.send(address, _SHORT_HEADER.pack(_SHORT_MAGIC, seq) + body)
+            else:
+                frames = lcm.encode(channel, seq, data, max_message_size=self._max_message_size)
+                transport.send(address, frames)
+
+        if blocked is not None:
+            await self._wait_room(blocked)
+
+        return backlog
+
+    async def _wait_room(self, peers: list[Peer]) -> None:
+        transport = self._transport
+        assert transport is not None and self._loop is not None
+        bound = self._bus.peer_queue
+        timeout = self._bus.stall_timeout
+        deadline = self._loop.time() + timeout if timeout else None
+        for peer in peers:
+            address = peer.address
+            while transport.queued(address) >= bound and not peer.stalled:
+                if transport.is_closing():
+                    raise ClosedError("the bus was closed while publishing")
+
+                remaining = None if deadline is None else deadline - self._loop.time()
+                if remaining is not None and remaining <= 0:
+                    peer.stalled = True  # drop for it until it drains
+                    break
+
+                waiter = self._loop.create_future()
+                self._room_waiters.setdefault(address, []).append(waiter)
+                handle = (
+                    None
+                    if remaining is None
+                    else self._loop.call_later(remaining, _resolve, waiter)
+                )
+                try:
+                    await waiter
+                finally:
+                    if handle is not None:
+                        handle.cancel()
+
+    def _wake_room(self, address: bytes) -> None:
+        for waiter in self._room_waiters.pop(address, ()):
+            _resolve(waiter)
+
+    # -- membership queries -------------------------------------------------
+
+    def peer_count(self) -> int:
+        """Return how many verified peers this member has."""
+        return self._membership.verified
+
+    def subscriber_count(self, topic: str) -> int:
+        """Return how many verified peers want ``topic``."""
+        return len(self._membership.targets(topic))
+
+    async def wait_until(self, predicate: Callable[[], bool]) -> None:
+        """Wait until ``predicate()`` holds, re-checking at every membership change.
+
+        :raises ClosedError: if the transport closes first.
+        """
+        assert self._loop is not None
+        while not predicate():
+            transport = self._transport
+            if transport is None or transport.is_closing():
+                raise ClosedError("the bus is closed")
+
+            waiter = self._loop.create_future()
+            self._change_waiters.append(waiter)
+            await waiter
+
+    def _wake_changes(self) -> None:
+        waiters, self._change_waiters = self._change_waiters, []
+        for waiter in waiters:
+            _resolve(waiter)
+
+    async def wait_closed(self) -> BaseException | None:
+        """Wait for ``connection_lost``; return what the transport broke with."""
+        assert self._closed is not None
+        return await asyncio.shield(self._closed)
+
+    def closed_with(self) -> asyncio.Future[BaseException | None]:
+        """The future that ``connection_lost`` resolves."""
+        assert self._closed is not None
+        return self._closed
+
+    def statistics(self) -> dict[str, int]:
+        """Return the adapter's and transport's counters."""
+        counters = self.receive_statistics()
+        transport = self._transport
+        counters["malformed"] += transport.truncated if transport is not None else 0
+        counters["errors"] += self.errors
+        counters["rejected"] = self.rejected + (transport.rejected if transport else 0)
+        counters["send_drops"] = self.send_drops
+        counters["peers"] = self._membership.verified
+        counters["peers_lost"] = self.peers_lost
+        return counters
+
+
+def _entry(pattern: TopicPattern, policy: OverflowPolicy) -> SubscriptionEntry:
+    if pattern.kind == "exact":
+        kind, text = PatternKind.EXACT, pattern.text
+    elif pattern.kind == "glob":
+        kind, text = PatternKind.GLOB, pattern.text
+    else:
+        kind, text = PatternKind.ALL, ""
+
+    return SubscriptionEntry(kind, _POLICIES[policy], text)
+
+
+def _resolve(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)

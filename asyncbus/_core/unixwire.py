@@ -1,0 +1,319 @@
+"""The control frames of the AF_UNIX buses (sans-I/O).
+
+Messages on ``unix:`` and ``seqpacket:`` buses are LCM frames (`asyncbus._core.lcm`);
+these frames let members find each other and tell each other what they want.
+Every frame is one datagram (``unix:``) or one record (``seqpacket:``) and starts
+with a big-endian u32 magic. ``docs/protocol.md`` is the normative description;
+this module is its implementation. All integers are big-endian::
+
+    HELLO      u32 0x4142484c "ABHL" | u8 version (1) | u8 flags | u16 n | n bytes address
+    SUBSCRIBE  u32 0x41425342 "ABSB" | u16 count | count x entry
+       entry:  u8 kind | u8 policy | u16 n | n bytes UTF-8 pattern
+    BYE        u32 0x41424259 "ABBY"
+
+HELLO's address is the ``sun_path`` of the member's receiving socket, exactly
+as bound (an abstract address starts with a NUL byte). Flag bit 0 (`REPLY`)
+asks the receiver to answer with a HELLO of its own. Bytes after the address
+are reserved: receivers ignore them, so a later version can append fields.
+
+SUBSCRIBE replaces the sender's whole subscription set. ``kind`` is
+`PatternKind`; ``policy`` is `PeerPolicy`, what a publisher does when this
+member's socket is full.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+import struct
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import Final
+
+from .._exceptions import LocalProtocolError, RemoteProtocolError
+
+__all__ = [
+    "MAX_CONTROL_FRAME",
+    "PROTOCOL_VERSION",
+    "REPLY",
+    "Bye",
+    "ControlMagic",
+    "Hello",
+    "Interest",
+    "PatternKind",
+    "PeerPolicy",
+    "SubscriptionEntry",
+    "Subscriptions",
+    "decode_control",
+    "encode_bye",
+    "encode_hello",
+    "encode_subscriptions",
+    "is_control",
+]
+
+
+class ControlMagic(IntEnum):
+    """The first four bytes of a control frame. Values are on the wire."""
+
+    HELLO = 0x4142484C  # b"ABHL"
+    SUBSCRIBE = 0x41425342  # b"ABSB"
+    BYE = 0x41424259  # b"ABBY"
+
+
+class PatternKind(IntEnum):
+    """How a SUBSCRIBE entry's pattern matches a topic. Values are on the wire."""
+
+    EXACT = 1
+    """The topic equals the pattern."""
+
+    GLOB = 2
+    """The pattern is a glob: ``*`` any run (also across ``/``), ``?`` one
+    character, ``[...]`` a set (``[!...]`` negated); no escapes (POSIX
+    ``fnmatch`` with ``FNM_NOESCAPE``)."""
+
+    ALL = 3
+    """Every topic (the pattern is empty). A regex subscription is announced as
+    this and filtered by its owner, since regex dialects differ by language."""
+
+
+class PeerPolicy(IntEnum):
+    """What a publisher does when a member's socket is full. Values are on the wire."""
+
+    DROP_OLDEST = 0
+    """Discard the oldest message still queued for that member."""
+
+    DROP_NEWEST = 1
+    """Discard the new message for that member."""
+
+    BLOCK = 2
+    """Queue it, and make ``publish()`` wait until the member drains."""
+
+
+PROTOCOL_VERSION: Final = 1
+REPLY: Final = 0x01  # HELLO flag: answer with a HELLO
+MAX_CONTROL_FRAME: Final = 65_507  # the LCM datagram size: every frame fits any member's buffer
+_HELLO: Final = struct.Struct(">IBBH")
+_SUBSCRIBE: Final = struct.Struct(">IH")
+_ENTRY: Final = struct.Struct(">BBH")
+_MAGIC: Final = struct.Struct(">I")
+_CONTROL_PREFIXES: Final = frozenset(m.to_bytes(4, "big") for m in ControlMagic)
+
+
+@dataclass(frozen=True, slots=True)
+class Hello:
+    """A member says who it is.
+
+    :ivar address: the ``sun_path`` of its receiving socket.
+    :ivar reply: it asks for a HELLO back.
+    """
+
+    address: bytes
+    reply: bool
+
+
+@dataclass(frozen=True, slots=True)
+class SubscriptionEntry:
+    """One pattern in a SUBSCRIBE frame.
+
+    :ivar kind: how the pattern matches.
+    :ivar policy: what a publisher does when the member is full.
+    :ivar pattern: the pattern (empty for `PatternKind.ALL`).
+    """
+
+    kind: PatternKind
+    policy: PeerPolicy
+    pattern: str
+
+
+@dataclass(frozen=True, slots=True)
+class Subscriptions:
+    """A member's whole subscription set.
+
+    :ivar entries: its patterns, in any order.
+    """
+
+    entries: tuple[SubscriptionEntry, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Bye:
+    """A member leaves the bus."""
+
+
+def encode_hello(address: bytes, *, reply: bool) -> bytes:
+    """Encode a HELLO frame.
+
+    :param address: this member's receiving ``sun_path``.
+    :param reply: ask the receiver to answer.
+    :return: the frame.
+    :raises LocalProtocolError: if the address is empty or longer than 108 bytes.
+    """
+    if not 0 < len(address) <= 108:  # sizeof(sockaddr_un.sun_path)
+        raise LocalProtocolError(f"a member address has 1 to 108 bytes, not {len(address)}")
+
+    flags = REPLY if reply else 0
+    return _HELLO.pack(ControlMagic.HELLO, PROTOCOL_VERSION, flags, len(address)) + address
+
+
+def encode_subscriptions(entries: list[SubscriptionEntry] | tuple[SubscriptionEntry, ...]) -> bytes:
+    """Encode a SUBSCRIBE frame.
+
+    :param entries: the whole subscription set.
+    :return: the frame.
+    :raises LocalProtocolError: if the set does not fit one frame.
+    """
+    parts = [_SUBSCRIBE.pack(ControlMagic.SUBSCRIBE, len(entries))]
+    size = _SUBSCRIBE.size
+    if len(entries) > 0xFFFF:
+        raise LocalProtocolError(f"{len(entries)} subscriptions do not fit a SUBSCRIBE frame")
+
+    for entry in entries:
+        raw = entry.pattern.encode()
+        parts.append(_ENTRY.pack(entry.kind, entry.policy, len(raw)))
+        parts.append(raw)
+        size += _ENTRY.size + len(raw)
+
+    if size > MAX_CONTROL_FRAME:
+        raise LocalProtocolError(
+            f"the subscription set needs {size} bytes; a SUBSCRIBE frame holds "
+            f"{MAX_CONTROL_FRAME}: use fewer or shorter patterns"
+        )
+
+    return b"".join(parts)
+
+
+def encode_bye() -> bytes:
+    """Encode a BYE frame.
+
+    :return: the frame.
+    """
+    return _MAGIC.pack(ControlMagic.BYE)
+
+
+def is_control(frame: bytes) -> bool:
+    """Tell whether a frame is a control frame (by its magic).
+
+    :param frame: a received frame.
+    :return: ``True`` for HELLO, SUBSCRIBE and BYE.
+    """
+    return frame[:4] in _CONTROL_PREFIXES
+
+
+def decode_control(frame: bytes) -> Hello | Subscriptions | Bye:
+    """Decode a control frame.
+
+    :param frame: one received frame whose magic is a `ControlMagic`.
+    :return: the frame.
+    :raises RemoteProtocolError: for anything malformed; never any other exception.
+    """
+    if len(frame) < 4:
+        raise RemoteProtocolError(f"a frame of {len(frame)} bytes has no magic")
+
+    magic = _MAGIC.unpack_from(frame)[0]
+    if magic == ControlMagic.HELLO:
+        if len(frame) < _HELLO.size:
+            raise RemoteProtocolError(f"HELLO of {len(frame)} bytes is too short")
+
+        _, version, flags, size = _HELLO.unpack_from(frame)
+        if version != PROTOCOL_VERSION:
+            raise RemoteProtocolError(f"HELLO of protocol version {version}; this speaks 1")
+
+        address = frame[_HELLO.size : _HELLO.size + size]
+        if not 0 < size <= 108 or len(address) != size:
+            raise RemoteProtocolError(f"HELLO address of {size} bytes is impossible")
+
+        return Hello(bytes(address), bool(flags & REPLY))
+
+    if magic == ControlMagic.SUBSCRIBE:
+        return _decode_subscriptions(frame)
+
+    if magic == ControlMagic.BYE:
+        if len(frame) != 4:
+            raise RemoteProtocolError(f"BYE of {len(frame)} bytes; it has 4")
+
+        return Bye()
+
+    raise RemoteProtocolError(f"not a control frame (magic {magic:#010x})")
+
+
+def _decode_subscriptions(frame: bytes) -> Subscriptions:
+    if len(frame) < _SUBSCRIBE.size:
+        raise RemoteProtocolError(f"SUBSCRIBE of {len(frame)} bytes is too short")
+
+    count = _SUBSCRIBE.unpack_from(frame)[1]
+    offset = _SUBSCRIBE.size
+    entries = []
+    for _ in range(count):
+        if offset + _ENTRY.size > len(frame):
+            raise RemoteProtocolError("SUBSCRIBE ends inside an entry header")
+
+        kind, policy, size = _ENTRY.unpack_from(frame, offset)
+        offset += _ENTRY.size
+        raw = frame[offset : offset + size]
+        offset += size
+        if len(raw) != size:
+            raise RemoteProtocolError("SUBSCRIBE ends inside a pattern")
+
+        try:
+            entry = SubscriptionEntry(PatternKind(kind), PeerPolicy(policy), raw.decode())
+        except ValueError as exc:  # unknown kind or policy, or not UTF-8
+            raise RemoteProtocolError(f"bad SUBSCRIBE entry: {exc}") from None
+
+        if (entry.kind is PatternKind.ALL) != (not entry.pattern):
+            raise RemoteProtocolError("a SUBSCRIBE pattern is empty exactly when its kind is ALL")
+
+        entries.append(entry)
+
+    if offset != len(frame):
+        raise RemoteProtocolError(f"{len(frame) - offset} bytes after the last SUBSCRIBE entry")
+
+    return Subscriptions(tuple(entries))
+
+
+class Interest:
+    """A peer's subscription set, compiled: which topics it wants, and how.
+
+    When several entries match a topic the strongest policy wins:
+    ``BLOCK`` over ``DROP_OLDEST`` over ``DROP_NEWEST``.
+    """
+
+    __slots__ = ("_exact", "_patterns")
+
+    def __init__(self, entries: tuple[SubscriptionEntry, ...] = ()) -> None:
+        """Compile a subscription set.
+
+        :param entries: the entries of a SUBSCRIBE frame.
+        """
+        self._exact: dict[str, PeerPolicy] = {}
+        self._patterns: list[tuple[re.Pattern[str] | None, PeerPolicy]] = []
+        for entry in entries:
+            if entry.kind is PatternKind.EXACT:
+                known = self._exact.get(entry.pattern)
+                self._exact[entry.pattern] = _stronger(known, entry.policy)
+            elif entry.kind is PatternKind.GLOB:
+                self._patterns.append((re.compile(fnmatch.translate(entry.pattern)), entry.policy))
+            else:
+                self._patterns.append((None, entry.policy))
+
+    def policy(self, topic: str) -> PeerPolicy | None:
+        """Return how the peer wants ``topic``, or ``None`` if it does not.
+
+        :param topic: a topic name.
+        :return: the strongest matching policy, or ``None``.
+        """
+        policy = self._exact.get(topic)
+        for regex, entry_policy in self._patterns:
+            if regex is None or regex.fullmatch(topic) is not None:
+                policy = _stronger(policy, entry_policy)
+
+        return policy
+
+
+_STRENGTH: Final = {PeerPolicy.DROP_NEWEST: 0, PeerPolicy.DROP_OLDEST: 1, PeerPolicy.BLOCK: 2}
+
+
+def _stronger(known: PeerPolicy | None, other: PeerPolicy) -> PeerPolicy:
+    if known is None or _STRENGTH[other] > _STRENGTH[known]:
+        return other
+
+    return known

@@ -1,0 +1,927 @@
+"""AF_UNIX bus transports: ``unix:`` (SOCK_DGRAM) and ``seqpacket:`` (SOCK_SEQPACKET).
+
+asyncio has no SOCK_SEQPACKET transport and uvloop refuses AF_UNIX datagram
+endpoints, so both are built here on ``add_reader``/``add_writer``; they run on
+the default loop and on uvloop alike.
+
+A member owns one receiving socket (bound in the bus directory or in the
+abstract namespace) and one *link* per peer: a socket connected to that peer's
+receiving socket. Each link has its own write queue, so a full peer makes only
+its own link wait (``sendto`` on one shared socket could not tell which peer is
+full). The transport moves frames and reports what the kernel says; what to
+send, to whom, and what to do with a full peer is the protocol's business.
+
+* ``unix:`` receives every frame on its one socket with ``SO_PASSCRED``, so the
+  kernel attaches the sender's pid, uid and gid (``SCM_CREDENTIALS``) to each.
+  A link is a SOCK_DGRAM socket ``connect``-ed to the peer: it polls writable
+  when the peer's queue (``max_dgram_qlen``) has room, and a send to a peer that
+  died fails with ``ECONNREFUSED``.
+* ``seqpacket:`` listens; each accepted connection is a source whose peer
+  credentials (``SO_PEERCRED``) were checked once, at accept. A link is a
+  connection to the peer's listener, whose credentials are checked at connect.
+  The peer never writes on our link, so reading it shows at once when the
+  peer dies (end of file).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import errno
+import os
+import secrets
+import socket
+import stat
+import struct
+import sys
+import warnings
+from collections.abc import Callable, Hashable
+from typing import Any, Final, Protocol
+
+from .._core.url import UNIXAddress
+from .._exceptions import BusPermissionError
+
+__all__ = [
+    "Credentials",
+    "UNIXBusProtocol",
+    "UNIXDatagramTransport",
+    "UNIXSeqpacketTransport",
+    "bus_directory",
+    "create_unix_endpoint",
+]
+
+Credentials = tuple[int, int, int]  # pid, uid, gid as the kernel attests them
+Frames = bytes | list[bytes]  # one message: a frame, or fragments sent back to back
+
+_UCRED: Final = struct.Struct("=iII")  # struct ucred: pid_t, uid_t, gid_t (Linux)
+_CREDENTIALS_SPACE: Final = socket.CMSG_SPACE(_UCRED.size)
+_MAX_FRAME: Final = 65_536  # every frame we send is at most an LCM datagram (65,507 bytes)
+_READ_BUDGET: Final = 256  # frames read per wakeup before other callbacks get a turn
+_ACCEPT_BUDGET: Final = 64  # connections accepted per wakeup
+_LISTEN_BACKLOG: Final = 4096  # joiners connect to every member at once
+_SO_ACCEPTCON: Final = 0x10000  # __SO_ACCEPTCON in /proc/net/unix "Flags": a listener
+_SOCKET_TYPES: Final = {"unix": socket.SOCK_DGRAM, "seqpacket": socket.SOCK_SEQPACKET}
+_PROC_TYPES: Final = {socket.SOCK_DGRAM: "0002", socket.SOCK_SEQPACKET: "0005"}
+# Errors that mean the peer's socket is gone: forget the peer, not the bus.
+_PEER_GONE: Final = frozenset(
+    {errno.ECONNREFUSED, errno.ENOENT, errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN}
+)
+
+
+class UNIXBusProtocol(Protocol):
+    """The callbacks a unix bus transport makes (the protocol side)."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        """The transport is ready."""
+
+    def frame_received(self, frame: bytes, source: Hashable, creds: Credentials | None) -> None:
+        """One frame arrived from ``source`` with the sender's credentials."""
+
+    def connection_allowed(self, creds: Credentials) -> bool:
+        """Tell whether a peer with these credentials may connect (seqpacket)."""
+
+    def source_closed(self, source: Hashable) -> None:
+        """An inbound connection ended (seqpacket)."""
+
+    def link_drained(self, address: bytes, queued: int) -> None:
+        """A link sent queued frames; ``queued`` messages are still waiting."""
+
+    def link_lost(self, address: bytes, exc: OSError | None) -> None:
+        """A link broke (the peer died or left); it is closed."""
+
+    def error_received(self, exc: OSError) -> None:
+        """The kernel reported an error that broke no link (counted)."""
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        """The transport is closed."""
+
+
+def bus_directory(address: UNIXAddress, environ: dict[str, str] | None = None) -> str:
+    """Find (and create) the directory of a directory bus, and check it is safe.
+
+    A bare name lives in ``$XDG_RUNTIME_DIR/asyncbus/NAME``, else in
+    ``/tmp/asyncbus-UID/NAME``; missing directories are created with mode 0700.
+
+    :param address: a directory bus (not abstract).
+    :param environ: the environment (default ``os.environ``).
+    :return: the absolute directory.
+    :raises BusPermissionError: if the directory (or the per-user base) is not
+        owned by this user or is writable by group or others, or cannot be made.
+    :raises InvalidURLError: if the resulting socket paths would be too long.
+    """
+    from .._core.url import MAX_DIRECTORY
+    from .._exceptions import InvalidURLError
+
+    env = os.environ if environ is None else environ
+    if address.directory is not None:
+        directory = address.directory
+        _make_private(directory)
+    else:
+        assert address.name is not None
+        runtime = env.get("XDG_RUNTIME_DIR")
+        if runtime and os.path.isabs(runtime) and os.path.isdir(runtime):
+            base = os.path.join(runtime, "asyncbus")
+        else:
+            base = f"/tmp/asyncbus-{os.geteuid()}"
+
+        _make_private(base)
+        directory = os.path.join(base, address.name)
+        _make_private(directory)
+
+    if len(os.fsencode(directory)) > MAX_DIRECTORY:
+        raise InvalidURLError(
+            f"bus directory {directory!r} is too long for a unix socket path "
+            f"(at most {MAX_DIRECTORY} bytes)"
+        )
+
+    return directory
+
+
+def _make_private(path: str) -> None:
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        raise BusPermissionError(f"cannot create bus directory {path!r}: {exc.strerror}") from exc
+
+    try:
+        info = os.stat(path)
+    except OSError as exc:
+        raise BusPermissionError(f"cannot use bus directory {path!r}: {exc.strerror}") from exc
+
+    if not stat.S_ISDIR(info.st_mode):
+        raise BusPermissionError(f"bus directory {path!r} is not a directory")
+
+    if info.st_uid != os.geteuid():
+        raise BusPermissionError(
+            f"bus directory {path!r} belongs to uid {info.st_uid}, not to this user "
+            f"(uid {os.geteuid()}); refusing it, since its owner could read or fake the bus"
+        )
+
+    if info.st_mode & 0o022:
+        raise BusPermissionError(
+            f"bus directory {path!r} has mode {stat.S_IMODE(info.st_mode):04o}: other users "
+            f"could add or replace members; make it 0700 (chmod go-w {path})"
+        )
+
+
+def _member_name() -> str:
+    # Short, unique, and tells a human which process it is. At most 7 + 1 + 8
+    # bytes (pid_max is 2**22), within MEMBER_NAME_MAX.
+    return f"{os.getpid()}-{secrets.token_hex(4)}"
+
+
+def _abstract_prefix(address: UNIXAddress) -> bytes:
+    assert address.name is not None
+    return b"\0asyncbus/" + address.name.encode() + b"/"
+
+
+def list_members(address: UNIXAddress, directory: str | None, own: bytes) -> list[bytes]:
+    """Return the receiving addresses of the members of a bus, except ``own``.
+
+    :param address: the bus.
+    :param directory: the bus directory, for a directory bus.
+    :param own: this member's address.
+    :return: ``sun_path`` values to connect to.
+    :raises OSError: if the directory or ``/proc/net/unix`` cannot be read.
+    """
+    kind = _SOCKET_TYPES[address.scheme]
+    found: list[bytes] = []
+    if directory is not None:
+        with os.scandir(directory) as entries:
+            for entry in entries:
+                path = os.fsencode(entry.path)
+                try:
+                    is_socket = stat.S_ISSOCK(entry.stat(follow_symlinks=False).st_mode)
+                except OSError:
+                    continue  # removed while listing
+
+                if path != own and is_socket:
+                    found.append(path)
+
+        return found
+
+    # Linux only: the abstract namespace has no directory; /proc/net/unix lists
+    # every AF_UNIX socket of this network namespace, "@" standing for the NUL.
+    prefix = "@" + _abstract_prefix(address)[1:].decode()
+    wanted_type = _PROC_TYPES[kind]
+    seen = set()
+    with open("/proc/net/unix", encoding="utf-8", errors="surrogateescape") as table:
+        next(table, None)  # header
+        for line in table:
+            fields = line.split()
+            if len(fields) < 8 or fields[4] != wanted_type or not fields[7].startswith(prefix):
+                continue
+
+            if kind == socket.SOCK_SEQPACKET and not int(fields[3], 16) & _SO_ACCEPTCON:
+                continue  # an accepted connection shows its listener's name
+
+            path = b"\0" + fields[7][1:].encode("utf-8", "surrogateescape")
+            if path != own and path not in seen:
+                seen.add(path)
+                found.append(path)
+
+    return found
+
+
+def remove_if_stale(path: bytes, kind: int) -> bool:
+    """Unlink a socket file nobody listens on any more (a member that was killed).
+
+    Connecting tells: ``ECONNREFUSED`` means no socket is bound to the file. No
+    one can bind a new socket there while the file exists, so the unlink cannot
+    remove a live member's file.
+
+    :param path: the socket file (a pathname address).
+    :param kind: ``SOCK_DGRAM`` or ``SOCK_SEQPACKET``.
+    :return: ``True`` if the file was removed.
+    """
+    if not path or path[0] == 0:
+        return False  # abstract names vanish with their socket
+
+    probe = socket.socket(socket.AF_UNIX, kind)
+    try:
+        probe.setblocking(False)
+        probe.connect(path)
+    except ConnectionRefusedError:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            return False  # another member cleaned up first
+
+        return True
+    except OSError:
+        return False
+    finally:
+        probe.close()
+
+    return False
+
+
+def _credentials(sock: socket.socket) -> Credentials:
+    pid, uid, gid = _UCRED.unpack(
+        sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
+    )
+    return pid, uid, gid
+
+
+class _Link:
+    """One peer: the socket connected to its receiving socket, and a write queue."""
+
+    __slots__ = ("address", "fd", "queue", "sock", "writing")
+
+    def __init__(self, address: bytes, sock: socket.socket) -> None:
+        self.address = address
+        self.sock = sock
+        self.fd = sock.fileno()
+        # Items are whole messages: a frame, or a list of fragments (sent from the front).
+        self.queue: collections.deque[Frames] = collections.deque()
+        self.writing = False
+
+
+class _UNIXBusTransport(asyncio.BaseTransport):
+    """What both unix transports share: links, queues, lifecycle (internal)."""
+
+    _kind: int = socket.SOCK_DGRAM
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        sock: socket.socket,
+        protocol: UNIXBusProtocol,
+        *,
+        address: bytes,
+        directory: str | None,
+        bus: UNIXAddress,
+    ) -> None:
+        super().__init__()
+        self._loop = loop
+        self._sock: socket.socket | None = sock
+        self._protocol = protocol
+        self._address = address
+        self._directory = directory
+        self._bus = bus
+        self._links: dict[bytes, _Link] = {}
+        self._reading = True
+        self._closing = False
+        self._made = False
+        self._extra: dict[str, Any] = {"sockname": address, "socket": sock}
+        self.received = 0
+        self.truncated = 0
+        self.rejected = 0
+        self.removed_stale = 0
+
+    # -- asyncio transport interface ----------------------------------------
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        """Return ``sockname`` (our address), ``socket``, or ``default``."""
+        return self._extra.get(name, default)
+
+    def is_closing(self) -> bool:
+        """Tell whether `close` or `abort` was called."""
+        return self._closing
+
+    def is_reading(self) -> bool:
+        """Tell whether the transport reads frames."""
+        return self._reading and not self._closing
+
+    def pause_reading(self) -> None:
+        """Stop reading frames until `resume_reading` (peers then wait or drop)."""
+        if self._closing or not self._reading:
+            return
+
+        self._reading = False
+        self._stop_reading()
+
+    def resume_reading(self) -> None:
+        """Read frames again."""
+        if self._closing or self._reading:
+            return
+
+        self._reading = True
+        self._start_reading()
+
+    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
+        """Replace the protocol."""
+        self._protocol = protocol  # type: ignore[assignment]  # a UNIXBusProtocol
+
+    def get_protocol(self) -> asyncio.BaseProtocol:
+        """Return the protocol."""
+        return self._protocol  # type: ignore[return-value]  # a UNIXBusProtocol
+
+    def close(self) -> None:
+        """Close every socket now and unlink our socket file; queued frames are dropped.
+
+        The protocol should flush (and say BYE) before: the bus does.
+        """
+        if self._closing:
+            return
+
+        self._closing = True
+        self._teardown()
+        self._loop.call_soon(self._call_connection_lost, None)
+
+    def abort(self) -> None:
+        """Close at once (the same as `close`: nothing is flushed on close)."""
+        self.close()
+
+    def _call_connection_lost(self, exc: BaseException | None) -> None:
+        if self._made:
+            self._made = False
+            self._protocol.connection_lost(exc)
+
+    def _teardown(self) -> None:
+        if self._directory is not None and self._address[:1] != b"\0":
+            with contextlib.suppress(OSError):  # gone already: a peer took us for dead
+                os.unlink(self._address)
+
+        self._stop_reading()
+        for link in list(self._links.values()):
+            self._close_link(link)
+
+        self._close_inbound()
+
+    def __del__(self, _warn: Callable[..., None] = warnings.warn) -> None:
+        if getattr(self, "_sock", None) is not None and not self._closing:
+            _warn(f"unclosed transport {self!r}", ResourceWarning, source=self)
+            self._closing = True
+            self._teardown()
+
+    def __repr__(self) -> str:
+        state = "closing" if self._closing else "open"
+        return f"<{type(self).__name__} {self._address!r} {state}>"
+
+    # -- membership ---------------------------------------------------------
+
+    def discover(self) -> list[bytes]:
+        """List the other members' addresses (directory or ``/proc/net/unix``).
+
+        :return: addresses to link to.
+        :raises OSError: if the listing cannot be read.
+        """
+        return list_members(self._bus, self._directory, self._address)
+
+    def has_link(self, address: bytes) -> bool:
+        """Tell whether a link to ``address`` is open."""
+        return address in self._links
+
+    def open_link(self, address: bytes) -> None:
+        """Connect a link to a peer's receiving socket.
+
+        :param address: the peer's ``sun_path``.
+        :raises PermissionError: if the peer's credentials are refused (seqpacket).
+        :raises OSError: if the peer cannot be reached; a dead member's socket
+            file is removed first.
+        """
+        if address in self._links or self._closing:
+            return
+
+        sock = socket.socket(socket.AF_UNIX, self._kind)
+        try:
+            sock.setblocking(False)
+            self._prepare_link(sock)
+            sock.connect(address)
+            self._check_link(sock)
+        except OSError as exc:
+            sock.close()
+            if exc.errno == errno.ECONNREFUSED and remove_if_stale(address, self._kind):
+                self.removed_stale += 1
+
+            raise
+
+        link = self._links[address] = _Link(address, sock)
+        self._watch_link(link)
+
+    def close_link(self, address: bytes) -> None:
+        """Close the link to a peer (it left); its queued frames are dropped."""
+        link = self._links.get(address)
+        if link is not None:
+            self._close_link(link)
+
+    def queued(self, address: bytes) -> int:
+        """Return how many messages wait in a link's queue (0 if no link)."""
+        link = self._links.get(address)
+        return len(link.queue) if link is not None else 0
+
+    def discard_oldest(self, address: bytes) -> bool:
+        """Drop the oldest queued message not yet started (for ``drop_oldest``).
+
+        :return: ``True`` if one was dropped.
+        """
+        link = self._links.get(address)
+        if link is None or not link.queue:
+            return False
+
+        queue = link.queue
+        head = queue[0]
+        if type(head) is list and head and len(queue) > 1:
+            del queue[1]  # the head's first fragments are already out
+            return True
+
+        if type(head) is list:
+            return False
+
+        queue.popleft()
+        return True
+
+    def send(self, address: bytes, message: Frames) -> bool:
+        """Send one message to a peer, or queue it behind what is waiting.
+
+        Never raises for a peer's trouble: a broken link is closed and reported
+        by ``link_lost`` (soon, not from inside this call).
+
+        :param address: the peer.
+        :param message: a frame, or a list of fragments.
+        :return: ``False`` if there is no link to ``address``.
+        """
+        link = self._links.get(address)
+        if link is None:
+            return False
+
+        if link.queue:
+            link.queue.append(message)
+            return True
+
+        if type(message) is bytes:
+            try:
+                link.sock.send(message)
+            except (BlockingIOError, InterruptedError):
+                link.queue.append(message)
+                self._start_writing(link)
+            except OSError as exc:
+                self._send_failed(link, exc)
+
+            return True
+
+        assert isinstance(message, list)
+        link.queue.append(message)
+        self._flush(link)
+        if link.queue and link.address in self._links:
+            self._start_writing(link)
+
+        return True
+
+    def send_all(self, message: bytes) -> None:
+        """Send one frame to every linked peer (control frames)."""
+        for address in list(self._links):
+            self.send(address, message)
+
+    def total_queued(self) -> int:
+        """Return the messages waiting in all link queues."""
+        return sum(len(link.queue) for link in self._links.values())
+
+    # -- internals ----------------------------------------------------------
+
+    def _prepare_link(self, sock: socket.socket) -> None:
+        """Set options on a link socket before it connects."""
+
+    def _check_link(self, sock: socket.socket) -> None:
+        """Check a freshly connected link (seqpacket: the listener's credentials)."""
+
+    def _watch_link(self, link: _Link) -> None:
+        """Start whatever reading a link needs (seqpacket: end-of-file)."""
+
+    def _start_reading(self) -> None:
+        raise NotImplementedError
+
+    def _stop_reading(self) -> None:
+        raise NotImplementedError
+
+    def _close_inbound(self) -> None:
+        raise NotImplementedError
+
+    def _start_writing(self, link: _Link) -> None:
+        if not link.writing:
+            link.writing = True
+            self._loop.add_writer(link.fd, self._write_ready, link)
+
+    def _flush(self, link: _Link) -> bool:
+        """Send queued messages until the socket is full; return whether any went."""
+        queue = link.queue
+        sock = link.sock
+        sent = False
+        while queue:
+            item = queue[0]
+            try:
+                if type(item) is bytes:
+                    sock.send(item)
+                    queue.popleft()
+                else:
+                    assert isinstance(item, list)
+                    while item:
+                        sock.send(item[0])
+                        del item[0]
+
+                    queue.popleft()
+            except (BlockingIOError, InterruptedError):
+                return sent
+            except OSError as exc:
+                self._send_failed(link, exc)
+                return sent
+
+            sent = True
+
+        return sent
+
+    def _write_ready(self, link: _Link) -> None:
+        if self._links.get(link.address) is not link:
+            return
+
+        sent = self._flush(link)
+        if self._links.get(link.address) is not link:
+            return  # the send failed and the link was closed
+
+        if not link.queue:
+            link.writing = False
+            self._loop.remove_writer(link.fd)
+
+        if sent:
+            self._protocol.link_drained(link.address, len(link.queue))
+
+    def _send_failed(self, link: _Link, exc: OSError) -> None:
+        if exc.errno not in _PEER_GONE:
+            # Not the peer's death (e.g. ENOBUFS): drop this message, keep the link.
+            if link.queue:
+                link.queue.popleft()
+
+            self._loop.call_soon(self._protocol.error_received, exc)
+            return
+
+        self._close_link(link)
+        if exc.errno == errno.ECONNREFUSED and remove_if_stale(link.address, self._kind):
+            self.removed_stale += 1
+
+        self._loop.call_soon(self._report_link_lost, link.address, exc)
+
+    def _report_link_lost(self, address: bytes, exc: OSError | None) -> None:
+        if not self._closing:
+            self._protocol.link_lost(address, exc)
+
+    def _close_link(self, link: _Link) -> None:
+        if self._links.get(link.address) is link:
+            del self._links[link.address]
+
+        if link.writing:
+            link.writing = False
+            self._loop.remove_writer(link.fd)
+
+        self._unwatch_link(link)
+        link.queue.clear()
+        link.sock.close()
+
+    def _unwatch_link(self, link: _Link) -> None:
+        """Stop reading a link (seqpacket)."""
+
+
+class UNIXDatagramTransport(_UNIXBusTransport):
+    """A ``unix:`` bus member: one SOCK_DGRAM receiving socket and a link per peer."""
+
+    _kind = socket.SOCK_DGRAM
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        sock: socket.socket,
+        protocol: UNIXBusProtocol,
+        *,
+        address: bytes,
+        directory: str | None,
+        bus: UNIXAddress,
+    ) -> None:
+        super().__init__(loop, sock, protocol, address=address, directory=directory, bus=bus)
+        self._buffer = bytearray(_MAX_FRAME)
+        self._view = memoryview(self._buffer)
+        self._creds_cache: dict[bytes, Credentials] = {}
+
+    def _prepare_link(self, sock: socket.socket) -> None:
+        # With SO_PASSCRED the kernel binds the link to a unique abstract name on
+        # connect ("autobind"), so the receiver can tell our frames from others'.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+
+    def _start_reading(self) -> None:
+        if self._sock is not None:
+            self._loop.add_reader(self._sock.fileno(), self._read_ready)
+
+    def _stop_reading(self) -> None:
+        if self._sock is not None:
+            self._loop.remove_reader(self._sock.fileno())
+
+    def _close_inbound(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+    def _read_ready(self) -> None:
+        sock = self._sock
+        if sock is None:
+            return
+
+        view = self._view
+        buffers = [view]
+        protocol = self._protocol
+        cache = self._creds_cache
+        for _ in range(_READ_BUDGET):
+            if not self._reading:
+                return
+
+            try:
+                size, ancdata, flags, source = sock.recvmsg_into(buffers, _CREDENTIALS_SPACE)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                protocol.error_received(exc)
+                return
+
+            if flags & socket.MSG_TRUNC:
+                self.truncated += 1  # larger than any frame a member sends
+                continue
+
+            creds = None
+            for level, kind, data in ancdata:
+                if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS:
+                    creds = cache.get(data)
+                    if creds is None:
+                        if len(cache) >= 1024:
+                            cache.clear()
+
+                        creds = cache[data] = _UCRED.unpack_from(data)
+
+            self.received += 1
+            protocol.frame_received(view[:size].tobytes(), source, creds)
+            if self._sock is None:
+                return  # the protocol closed us
+
+
+class _Inbound:
+    """An accepted seqpacket connection (a source of frames)."""
+
+    __slots__ = ("creds", "fd", "sock")
+
+    def __init__(self, sock: socket.socket, creds: Credentials) -> None:
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.creds = creds
+
+    def __repr__(self) -> str:
+        return f"<connection fd={self.fd} pid={self.creds[0]}>"
+
+
+class UNIXSeqpacketTransport(_UNIXBusTransport):
+    """A ``seqpacket:`` bus member: a listener, accepted connections, a link per peer."""
+
+    _kind = socket.SOCK_SEQPACKET
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        sock: socket.socket,
+        protocol: UNIXBusProtocol,
+        *,
+        address: bytes,
+        directory: str | None,
+        bus: UNIXAddress,
+    ) -> None:
+        super().__init__(loop, sock, protocol, address=address, directory=directory, bus=bus)
+        self._inbound: dict[int, _Inbound] = {}
+        self._buffer = bytearray(_MAX_FRAME)
+        self._view = memoryview(self._buffer)
+        self._scratch = bytearray(1)
+
+    def _check_link(self, sock: socket.socket) -> None:
+        creds = _credentials(sock)
+        if not self._protocol.connection_allowed(creds):
+            self.rejected += 1
+            raise PermissionError(
+                errno.EACCES, f"peer pid {creds[0]} uid {creds[1]} gid {creds[2]} is not allowed"
+            )
+
+    def _watch_link(self, link: _Link) -> None:
+        self._loop.add_reader(link.fd, self._link_readable, link)
+
+    def _unwatch_link(self, link: _Link) -> None:
+        self._loop.remove_reader(link.fd)
+
+    def _link_readable(self, link: _Link) -> None:
+        # Peers never write on our link: readable means end of file or an error.
+        try:
+            size = link.sock.recv_into(self._scratch)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self._send_failed(link, exc)
+            return
+
+        if size == 0:
+            self._send_failed(link, ConnectionResetError(errno.ECONNRESET, "peer closed"))
+
+    def _start_reading(self) -> None:
+        if self._sock is None:
+            return
+
+        self._loop.add_reader(self._sock.fileno(), self._accept_ready)
+        for inbound in self._inbound.values():
+            self._loop.add_reader(inbound.fd, self._read_ready, inbound)
+
+    def _stop_reading(self) -> None:
+        if self._sock is None:
+            return
+
+        self._loop.remove_reader(self._sock.fileno())
+        for inbound in self._inbound.values():
+            self._loop.remove_reader(inbound.fd)
+
+    def _close_inbound(self) -> None:
+        for inbound in self._inbound.values():
+            inbound.sock.close()
+
+        self._inbound.clear()
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+    def _accept_ready(self) -> None:
+        listener = self._sock
+        if listener is None:
+            return
+
+        for _ in range(_ACCEPT_BUDGET):
+            try:
+                conn, _ = listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # e.g. EMFILE: leave it queued, report it
+                self._protocol.error_received(exc)
+                return
+
+            try:
+                conn.setblocking(False)
+                creds = _credentials(conn)
+            except OSError as exc:
+                conn.close()
+                self._protocol.error_received(exc)
+                continue
+
+            if not self._protocol.connection_allowed(creds):
+                self.rejected += 1
+                conn.close()
+                continue
+
+            inbound = self._inbound[conn.fileno()] = _Inbound(conn, creds)
+            if self._reading:
+                self._loop.add_reader(inbound.fd, self._read_ready, inbound)
+
+    def _read_ready(self, inbound: _Inbound) -> None:
+        sock = inbound.sock
+        view = self._view
+        protocol = self._protocol
+        for _ in range(_READ_BUDGET):
+            if not self._reading or self._inbound.get(inbound.fd) is not inbound:
+                return
+
+            try:
+                # MSG_TRUNC makes recv return a record's real length (Linux >= 3.4).
+                size = sock.recv_into(view, 0, socket.MSG_TRUNC)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                self._end_inbound(inbound, exc)
+                return
+
+            if size == 0:
+                self._end_inbound(inbound, None)
+                return
+
+            if size > _MAX_FRAME:
+                self.truncated += 1
+                continue
+
+            self.received += 1
+            protocol.frame_received(view[:size].tobytes(), inbound, inbound.creds)
+
+    def _end_inbound(self, inbound: _Inbound, exc: OSError | None) -> None:
+        if self._inbound.pop(inbound.fd, None) is not inbound:
+            return
+
+        self._loop.remove_reader(inbound.fd)
+        inbound.sock.close()
+        if exc is not None and exc.errno not in _PEER_GONE:
+            self._protocol.error_received(exc)
+
+        self._protocol.source_closed(inbound)
+
+
+async def create_unix_endpoint(
+    protocol_factory: Callable[[], UNIXBusProtocol],
+    bus: UNIXAddress,
+) -> tuple[UNIXDatagramTransport | UNIXSeqpacketTransport, UNIXBusProtocol]:
+    """Bind this member's receiving socket on a unix bus and make its transport.
+
+    Nothing is sent: the protocol discovers and greets the other members.
+
+    :param protocol_factory: makes the protocol.
+    :param bus: the bus address.
+    :return: the transport and its protocol (``connection_made`` was called).
+    :raises BusPermissionError: for an unsafe or inaccessible bus directory.
+    :raises InvalidURLError: if socket paths would be too long.
+    :raises OSError: if the kernel refuses the socket.
+    """
+    if not sys.platform.startswith("linux") and bus.abstract:
+        raise OSError(errno.EAFNOSUPPORT, "abstract unix sockets exist on Linux only")
+
+    loop = asyncio.get_running_loop()
+    directory = None if bus.abstract else bus_directory(bus)
+    kind = _SOCKET_TYPES[bus.scheme]
+    sock = socket.socket(socket.AF_UNIX, kind)
+    try:
+        sock.setblocking(False)
+        address = _bind(sock, bus, directory)
+        if kind == socket.SOCK_DGRAM:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+        else:
+            sock.listen(_LISTEN_BACKLOG)
+    except BaseException:
+        sock.close()
+        raise
+
+    protocol = protocol_factory()
+    cls = UNIXDatagramTransport if kind == socket.SOCK_DGRAM else UNIXSeqpacketTransport
+    try:
+        transport = cls(loop, sock, protocol, address=address, directory=directory, bus=bus)
+    except BaseException:
+        sock.close()
+        raise
+
+    transport._made = True
+    protocol.connection_made(transport)
+    transport._start_reading()
+    return transport, protocol
+
+
+def _bind(sock: socket.socket, bus: UNIXAddress, directory: str | None) -> bytes:
+    for _ in range(8):  # a clash of random names is all but impossible; retry anyway
+        name = _member_name()
+        if directory is None:
+            address = _abstract_prefix(bus) + name.encode()
+        else:
+            address = os.fsencode(os.path.join(directory, name))
+
+        try:
+            sock.bind(address)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                continue
+
+            if exc.errno in (errno.EACCES, errno.EPERM):
+                raise BusPermissionError(
+                    f"cannot create a socket in bus directory {directory!r}: {exc.strerror}"
+                ) from exc
+
+            raise
+
+        if directory is not None:
+            os.chmod(address, 0o600)  # only this user may connect (and the dir is 0700)
+
+        return address
+
+    raise OSError(errno.EADDRINUSE, "no free member name on this bus")
