@@ -589,7 +589,9 @@ class _UNIXBusTransport(asyncio.BaseTransport):
             return
 
         self._close_link(link)
-        if exc.errno == errno.ECONNREFUSED and remove_if_stale(link.address, self._kind):
+        # The peer's socket is gone. If it was killed its file is still there
+        # (a clean leave unlinks first): probe it and remove it if dead.
+        if remove_if_stale(link.address, self._kind):
             self.removed_stale += 1
 
         self._loop.call_soon(self._report_link_lost, link.address, exc)
