@@ -167,9 +167,11 @@ class UNIXMemberProtocol(MessageReceiver):
         if type(control) is Hello:
             self._hello_received(control, source)
         elif type(control) is Subscriptions:
-            if self._membership.on_subscriptions(source, control) is None:
+            peer = self._membership.on_subscriptions(source, control)
+            if peer is None:
                 self.malformed += 1  # SUBSCRIBE before HELLO breaks the protocol
             else:
+                self._joining.discard(peer.address)  # join waits for subscriptions
                 self._wake_changes()
         else:
             assert type(control) is Bye
@@ -202,7 +204,6 @@ class UNIXMemberProtocol(MessageReceiver):
         if actions.send_subscriptions:
             transport.send(address, self._subscribe_frame)
 
-        self._joining.discard(address)
         self._wake_changes()
 
     def _lose(self, address: bytes, *, lost: bool) -> None:
