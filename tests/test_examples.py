@@ -31,7 +31,10 @@ from .conftest import require
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
-RUN = {f"examples/{name}" for name in ("publisher.py", "subscriber.py", "hello.py", "patterns.py")}
+RUN = {
+    f"examples/{name}"
+    for name in ("publisher.py", "subscriber.py", "hello.py", "patterns.py", "unix_bus.py")
+}
 TIMEOUT = 30.0  # seconds for one example process; they take well under one
 
 _MARKER = re.compile(
@@ -166,6 +169,29 @@ class TestExamplesRun:
             "  compiled: ['sensors/humidity', 'status'] dropped=0",
             "tiny queue: ['sensors/temp2', 'sensors/humidity'] dropped=1",
             "published=4",
+        ]
+
+
+class TestUNIXExample:
+    @pytest.mark.parametrize("scheme", ["unix", "seqpacket"])
+    def test_unix_bus(self, scheme: str) -> None:
+        url = f"{scheme}:@asyncbus-example-test-{os.getpid()}"
+        path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+        env = {**os.environ, "PYTHONPATH": path, "PYTHONUNBUFFERED": "1"}
+        with _start("unix_bus.py", "subscribe", "--url", url, env=env) as subscriber:
+            try:
+                with _start("unix_bus.py", "publish", "--url", url, env=env) as publisher:
+                    published = _finish(publisher)
+
+                received = _finish(subscriber)
+            finally:
+                subscriber.kill()  # no-op once it has exited
+
+        assert publisher.pid is not None
+        assert published == [f"published 5, pid {publisher.pid}, send_drops=0"]
+        assert received == [
+            *(f"#{n} job {n} from pid {publisher.pid}, my user: True" for n in range(5)),
+            "gaps=0",
         ]
 
 
