@@ -92,6 +92,7 @@ class UNIXMemberProtocol(MessageReceiver):
         self.send_drops = 0
         self.peers_lost = 0
         self.errors = 0
+        self.writing_paused = False
 
     # -- transport callbacks ------------------------------------------------
 
@@ -145,6 +146,12 @@ class UNIXMemberProtocol(MessageReceiver):
 
     def error_received(self, exc: OSError) -> None:
         self.errors += 1
+
+    def pause_writing(self) -> None:
+        self.writing_paused = True
+
+    def resume_writing(self) -> None:
+        self.writing_paused = False
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self.stop_receiving()
@@ -374,8 +381,9 @@ class UNIXMemberProtocol(MessageReceiver):
     ) -> bool:
         """Send one message to every peer that wants it, applying their policies.
 
-        :return: ``True`` if a peer's socket is full (messages wait in its queue):
-            the caller should let the loop run the writers.
+        :return: ``True`` if a target peer's socket is full (messages wait in its
+            queue) or the transport paused writing: the caller should let the
+            loop run the writers.
         :raises MessageTooLargeError: if the payload is over the bus's limit.
         :raises ClosedError: if the bus closed while waiting for a peer.
         :raises TypeError: if ``data`` is a buffer that is not C-contiguous.
@@ -426,7 +434,7 @@ class UNIXMemberProtocol(MessageReceiver):
         if blocked is not None:
             await self._wait_room(blocked)
 
-        return backlog
+        return backlog or self.writing_paused
 
     async def _wait_room(self, peers: list[Peer]) -> None:
         transport = self._transport

@@ -64,6 +64,7 @@ _SO_ACCEPTCON: Final = 0x10000  # __SO_ACCEPTCON in /proc/net/unix "Flags": a li
 _SOCKET_TYPES: Final = {"unix": socket.SOCK_DGRAM, "seqpacket": socket.SOCK_SEQPACKET}
 _PROC_TYPES: Final = {socket.SOCK_DGRAM: "0002", socket.SOCK_SEQPACKET: "0005"}
 # Errors that mean the peer's socket is gone: forget the peer, not the bus.
+_HIGH_WATER: Final = 256 * 1024  # bytes queued in all links before pause_writing()
 _PEER_GONE: Final = frozenset(
     {errno.ECONNREFUSED, errno.ENOENT, errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN}
 )
@@ -89,6 +90,12 @@ class UNIXBusProtocol(Protocol):
 
     def link_lost(self, address: bytes, exc: OSError | None) -> None:
         """A link broke (the peer died or left); it is closed."""
+
+    def pause_writing(self) -> None:
+        """The bytes queued in all links went over the high-water mark."""
+
+    def resume_writing(self) -> None:
+        """The bytes queued in all links drained to the low-water mark."""
 
     def error_received(self, exc: OSError) -> None:
         """The kernel reported an error that broke no link (counted)."""
@@ -259,6 +266,10 @@ def remove_if_stale(path: bytes, kind: int) -> bool:
     return False
 
 
+def _size(message: Frames) -> int:
+    return len(message) if isinstance(message, bytes) else sum(len(frame) for frame in message)
+
+
 def _credentials(sock: socket.socket) -> Credentials:
     pid, uid, gid = _UCRED.unpack(
         sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
@@ -269,7 +280,7 @@ def _credentials(sock: socket.socket) -> Credentials:
 class _Link:
     """One peer: the socket connected to its receiving socket, and a write queue."""
 
-    __slots__ = ("address", "fd", "queue", "sock", "writing")
+    __slots__ = ("address", "fd", "queue", "size", "sock", "writing")
 
     def __init__(self, address: bytes, sock: socket.socket) -> None:
         self.address = address
@@ -277,6 +288,7 @@ class _Link:
         self.fd = sock.fileno()
         # Items are whole messages: a frame, or a list of fragments (sent from the front).
         self.queue: collections.deque[Frames] = collections.deque()
+        self.size = 0  # bytes in the queue
         self.writing = False
 
 
@@ -303,6 +315,10 @@ class _UNIXBusTransport(asyncio.BaseTransport):
         self._directory = directory
         self._bus = bus
         self._links: dict[bytes, _Link] = {}
+        self._buffered = 0  # bytes queued in all links
+        self._high_water = _HIGH_WATER
+        self._low_water = _HIGH_WATER // 4
+        self._writing_paused = False
         self._reading = True
         self._closing = False
         self._made = False
@@ -341,6 +357,55 @@ class _UNIXBusTransport(asyncio.BaseTransport):
 
         self._reading = True
         self._start_reading()
+
+    def get_write_buffer_size(self) -> int:
+        """Return the bytes queued in all links (peers whose socket is full)."""
+        return self._buffered
+
+    def get_write_buffer_limits(self) -> tuple[int, int]:
+        """Return the (low, high) water marks of `get_write_buffer_size`."""
+        return self._low_water, self._high_water
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        """Set when the protocol's ``pause_writing``/``resume_writing`` are called.
+
+        :param high: pause above this many queued bytes (default 256 KiB).
+        :param low: resume at or below this many (default ``high // 4``).
+        :raises ValueError: unless ``high >= low >= 0``.
+        """
+        if high is None:
+            high = _HIGH_WATER if low is None else 4 * low
+
+        if low is None:
+            low = high // 4
+
+        if not high >= low >= 0:
+            raise ValueError(f"high ({high!r}) must be >= low ({low!r}) must be >= 0")
+
+        self._high_water, self._low_water = high, low
+        self._check_water()
+
+    def _check_water(self) -> None:
+        if not self._writing_paused and self._buffered > self._high_water:
+            self._writing_paused = True
+            self._protocol.pause_writing()
+        elif self._writing_paused and self._buffered <= self._low_water:
+            self._writing_paused = False
+            self._protocol.resume_writing()
+
+    def _enqueue(self, link: _Link, message: Frames) -> None:
+        link.queue.append(message)
+        size = _size(message)
+        link.size += size
+        self._buffered += size
+        if self._buffered > self._high_water and not self._writing_paused:
+            self._check_water()
+
+    def _dequeued(self, link: _Link, size: int) -> None:
+        link.size -= size
+        self._buffered -= size
+        if self._writing_paused and self._buffered <= self._low_water:
+            self._check_water()
 
     def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
         """Replace the protocol."""
@@ -455,14 +520,16 @@ class _UNIXBusTransport(asyncio.BaseTransport):
 
         queue = link.queue
         head = queue[0]
-        if type(head) is list and head and len(queue) > 1:
-            del queue[1]  # the head's first fragments are already out
-            return True
-
         if type(head) is list:
-            return False
+            if len(queue) < 2:
+                return False
 
-        queue.popleft()
+            victim = queue[1]  # the head's first fragments are already out
+            del queue[1]
+        else:
+            victim = queue.popleft()
+
+        self._dequeued(link, _size(victim))
         return True
 
     def send(self, address: bytes, message: Frames) -> bool:
@@ -480,14 +547,14 @@ class _UNIXBusTransport(asyncio.BaseTransport):
             return False
 
         if link.queue:
-            link.queue.append(message)
+            self._enqueue(link, message)
             return True
 
         if type(message) is bytes:
             try:
                 link.sock.send(message)
             except (BlockingIOError, InterruptedError):
-                link.queue.append(message)
+                self._enqueue(link, message)
                 self._start_writing(link)
             except OSError as exc:
                 self._send_failed(link, exc)
@@ -495,7 +562,7 @@ class _UNIXBusTransport(asyncio.BaseTransport):
             return True
 
         assert isinstance(message, list)
-        link.queue.append(message)
+        self._enqueue(link, list(message))  # sent from the front: our own copy
         self._flush(link)
         if link.queue and link.address in self._links:
             self._start_writing(link)
@@ -547,10 +614,12 @@ class _UNIXBusTransport(asyncio.BaseTransport):
                 if type(item) is bytes:
                     sock.send(item)
                     queue.popleft()
+                    self._dequeued(link, len(item))
                 else:
                     assert isinstance(item, list)
                     while item:
                         sock.send(item[0])
+                        self._dequeued(link, len(item[0]))
                         del item[0]
 
                     queue.popleft()
@@ -583,7 +652,8 @@ class _UNIXBusTransport(asyncio.BaseTransport):
         if exc.errno not in _PEER_GONE:
             # Not the peer's death (e.g. ENOBUFS): drop this message, keep the link.
             if link.queue:
-                link.queue.popleft()
+                head = link.queue.popleft()
+                self._dequeued(link, _size(head))
 
             self._loop.call_soon(self._protocol.error_received, exc)
             return
@@ -610,6 +680,7 @@ class _UNIXBusTransport(asyncio.BaseTransport):
 
         self._unwatch_link(link)
         link.queue.clear()
+        self._dequeued(link, link.size)
         link.sock.close()
 
     def _unwatch_link(self, link: _Link) -> None:
