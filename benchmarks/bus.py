@@ -4,6 +4,13 @@ The code is what a user would write: ``connect()``, ``bus.topic(...).publish()``
 a loop, ``async for msg in subscription``. The only extras are the clock reads
 (the raw loop makes the same ones) and a watchdog task that ends the receive loop
 when nothing has arrived for ``idle_timeout`` seconds.
+
+On the AF_UNIX buses (``unix:``, ``seqpacket:``) the publisher waits until every
+subscriber's subscription has reached it (``topic.wait_subscribers``) before it says
+READY, and every subscription has the run's overflow policy, which the publisher
+applies when that subscriber's socket and queue are full. In the slow-subscriber
+scenario the last subscriber blocks its loop for ``slow_work`` seconds per message
+(``time.sleep``: a synchronous handler that leaves the CPU to the other processes).
 """
 
 from __future__ import annotations
@@ -11,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import enum
+import time
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import asyncbus
@@ -80,26 +88,44 @@ def _run(loop: str, main: Coroutine[Any, Any, T]) -> T:
 
 
 async def _subscribe(work: Workload, conn: WorkerPipe) -> SubscriberReport:
-    async with asyncbus.connect(work.url) as bus, bus.subscribe(TOPIC) as subscription:
+    async with (
+        asyncbus.connect(work.url) as bus,
+        bus.subscribe(TOPIC, policy=work.policy) as subscription,
+    ):
         conn.send(READY)
         size = work.size
         received = 0
         first = last = 0.0
         end_seen = False
+        end_seq = -1
         deadline = asyncio.timeout(None)
         watchdog = asyncio.create_task(_watchdog(bus, deadline, work))
         try:
             async with deadline:
-                async for message in subscription:
-                    if len(message.data) != size:
-                        end_seen = True
-                        break
+                if not work.slow:
+                    async for message in subscription:
+                        if len(message.data) != size:
+                            end_seen, end_seq = True, message.seq
+                            break
 
-                    last = clock()
-                    if not received:
-                        first = last
+                        last = clock()
+                        if not received:
+                            first = last
 
-                    received += 1
+                        received += 1
+                else:
+                    sleep, pause = time.sleep, work.slow_work
+                    async for message in subscription:
+                        if len(message.data) != size:
+                            end_seen, end_seq = True, message.seq
+                            break
+
+                        last = clock()
+                        if not received:
+                            first = last
+
+                        received += 1
+                        sleep(pause)  # the slow handler's work (blocks the loop)
         except TimeoutError:
             pass  # the watchdog: nothing arrived for idle_timeout seconds
         finally:
@@ -112,7 +138,14 @@ async def _subscribe(work: Workload, conn: WorkerPipe) -> SubscriberReport:
         }
 
     return SubscriberReport(
-        received, first, last, end_seen, statistics.kernel_drops, counters=counters
+        received,
+        first,
+        last,
+        end_seen,
+        statistics.kernel_drops,
+        counters=counters,
+        end_seq=end_seq,
+        slow=work.slow,
     )
 
 
@@ -139,6 +172,12 @@ async def _watchdog(bus: asyncbus.Bus, deadline: asyncio.Timeout, work: Workload
 async def _publish(work: Workload, conn: WorkerPipe) -> PublisherReport:
     async with asyncbus.connect(work.url) as bus:
         topic = bus.topic(TOPIC)
+        if work.transport != "udpm":
+            # The unix buses know who subscribed: wait for everyone (no sleep, no loss
+            # of the first messages to a subscription still on its way).
+            async with asyncio.timeout(work.start_timeout):
+                await topic.wait_subscribers(work.fanout)
+
         payload = work.payload
         publish = topic.publish
         conn.send(READY)
@@ -150,6 +189,7 @@ async def _publish(work: Workload, conn: WorkerPipe) -> PublisherReport:
             await publish(payload)
 
         finished = clock()
+        after_data = _counters(bus.statistics())
         markers = 0
         deadline = finished + work.start_timeout + work.idle_timeout
         command = None
@@ -164,7 +204,7 @@ async def _publish(work: Workload, conn: WorkerPipe) -> PublisherReport:
         if command != STOP:
             raise RuntimeError(f"expected {STOP!r} from the runner, got {command!r}")
 
-        counters = {"bus": _counters(bus.statistics())}
+        counters = {"bus": _counters(bus.statistics()), "bus_after_data": after_data}
 
     return PublisherReport(work.messages, started, finished, markers, counters=counters)
 

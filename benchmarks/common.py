@@ -14,7 +14,10 @@ The run of one case, whatever implements it (raw sockets or asyncbus)::
 
 Nobody sleeps to wait for anybody: readiness and the end go through pipes, and the
 only timeouts are bounds (``start_timeout``, ``idle_timeout``) for when a message
-never comes because multicast lost it.
+never comes because multicast lost it. On the AF_UNIX transports an asyncbus
+publisher reports READY only once every subscriber's subscription has reached it
+(``topic.wait_subscribers``), and the raw publisher connects to the subscribers'
+sockets, which they bound before READY.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import cProfile
 import os
+import socket
 import struct
 import time
 import traceback
@@ -41,6 +45,7 @@ __all__ = [
     "LC02_HEADER",
     "LC02_MAGIC",
     "MARKER_INTERVAL",
+    "RAW_UNIX_PREFIX",
     "READY",
     "RECV_BUF_SIZE",
     "STOP",
@@ -51,6 +56,8 @@ __all__ = [
     "Workload",
     "clock",
     "lc02_datagram",
+    "raw_unix_address",
+    "receive_timeout",
     "report_failure",
     "run_worker",
 ]
@@ -70,6 +77,13 @@ MARKER_INTERVAL: Final = 0.002
 # same, so that both absorb the same burst before the kernel drops.
 RECV_BUF_SIZE: Final = 8 * 2**20
 
+_TIMEVAL: Final = struct.Struct("@ll")  # struct timeval for SO_RCVTIMEO (Linux, LP64)
+
+# Where the raw AF_UNIX subscribers bind, in Linux's abstract namespace (no file to
+# clean up): "\0asyncbus-bench/<run name>/<subscriber index>". Not asyncbus's own
+# prefix ("\0asyncbus/"), so that no bus ever lists these sockets as members.
+RAW_UNIX_PREFIX: Final = b"\0asyncbus-bench/"
+
 # Control messages on the runner's pipes.
 READY: Final = "ready"
 GO: Final = "go"
@@ -84,16 +98,25 @@ clock: Final[Callable[[], float]] = time.monotonic
 class Workload:
     """One run of one case, as every process of it sees it.
 
-    :param group: the IPv4 multicast group, private to this run.
-    :param port: the UDP port, private to this run.
+    :param group: the IPv4 multicast group, private to this run (``udpm``).
+    :param port: the UDP port, private to this run (``udpm``).
     :param messages: how many data messages the publisher sends.
     :param size: the payload size of a data message, in bytes.
     :param idle_timeout: a subscriber stops after this many seconds without a message.
     :param start_timeout: ... or this many before the first one.
-    :param recv_buf_size: the receive buffer (``SO_RCVBUF``) every subscriber asks for.
+    :param recv_buf_size: the receive buffer (``SO_RCVBUF``) every subscriber asks for
+        (``udpm``).
     :param loop: ``"asyncio"`` or ``"uvloop"`` for asyncbus; ignored by the raw loop.
     :param profile: a directory: each worker writes its cProfile statistics there.
     :param case: the case's name, for the profile's file name.
+    :param transport: ``"udpm"``, ``"unix"`` (AF_UNIX SOCK_DGRAM) or ``"seqpacket"``.
+    :param name: the AF_UNIX bus name, private to this run (abstract namespace).
+    :param fanout: how many subscribers the run has.
+    :param index: which subscriber this process is (0 to ``fanout - 1``; the runner
+        sets it for each process).
+    :param policy: the overflow policy of every asyncbus subscription.
+    :param slow_work: seconds the last subscriber spends on each message (0: none is
+        slow); it blocks its event loop meanwhile, as a synchronous handler would.
     """
 
     group: str
@@ -106,16 +129,30 @@ class Workload:
     loop: str = "asyncio"
     profile: str | None = None
     case: str = ""
+    transport: str = "udpm"
+    name: str = ""
+    fanout: int = 1
+    index: int = 0
+    policy: str = "drop_oldest"
+    slow_work: float = 0.0
 
     @property
     def url(self) -> str:
-        """The asyncbus URL of this run: loopback multicast (``ttl=0``)."""
-        return f"udpm://{self.group}:{self.port}?ttl=0&recv_buf_size={self.recv_buf_size}"
+        """The asyncbus URL of this run: loopback multicast (``ttl=0``), or an abstract bus."""
+        if self.transport == "udpm":
+            return f"udpm://{self.group}:{self.port}?ttl=0&recv_buf_size={self.recv_buf_size}"
+
+        return f"{self.transport}:@{self.name}"
 
     @property
     def payload(self) -> bytes:
         """The payload of every data message."""
         return bytes(range(256)) * (self.size // 256) + bytes(range(self.size % 256))
+
+    @property
+    def slow(self) -> bool:
+        """Whether this subscriber is the slow one (the last, when ``slow_work`` is set)."""
+        return self.slow_work > 0 and self.index == self.fanout - 1
 
 
 @dataclass(frozen=True)
@@ -128,6 +165,11 @@ class SubscriberReport:
     :param end_seen: whether an end marker arrived (``False``: the idle timeout ended it).
     :param kernel_drops: datagrams the kernel dropped because the receive queue was full.
     :param counters: everything else the implementation counts (asyncbus statistics).
+    :param end_seq: the sequence number of the end marker that ended the run (-1: none,
+        or the raw loop). On the AF_UNIX transports every publisher-to-subscriber link
+        numbers its messages from 0, so it is how many messages the publisher sent *or
+        dropped* for this subscriber before that marker.
+    :param slow: whether this was the slow subscriber.
     """
 
     received: int
@@ -136,6 +178,8 @@ class SubscriberReport:
     end_seen: bool
     kernel_drops: int
     counters: Mapping[str, object] = field(default_factory=dict)
+    end_seq: int = -1
+    slow: bool = False
 
     @property
     def rate(self) -> float:
@@ -184,6 +228,33 @@ def lc02_datagram(seq: int, channel: str, payload: bytes) -> bytes:
     :return: ``magic | seq | channel | NUL | payload``.
     """
     return LC02_HEADER.pack(LC02_MAGIC, seq) + channel.encode() + b"\0" + payload
+
+
+def raw_unix_address(work: Workload, index: int) -> bytes:
+    """Return where raw AF_UNIX subscriber ``index`` of this run binds (abstract, Linux).
+
+    :param work: the run.
+    :param index: the subscriber.
+    :return: a ``sun_path`` starting with NUL.
+    """
+    return RAW_UNIX_PREFIX + f"{work.name}/{index}".encode()
+
+
+def receive_timeout(sock: socket.socket, seconds: float) -> None:
+    """Make a blocking ``recv`` on ``sock`` raise ``BlockingIOError`` after ``seconds``.
+
+    A kernel timeout (``SO_RCVTIMEO``) rather than ``settimeout()``: ``settimeout``
+    makes Python ``poll()`` before every ``recv()``, which would double the syscalls.
+
+    :param sock: a blocking socket.
+    :param seconds: the timeout.
+    """
+    whole = int(seconds)
+    sock.setsockopt(
+        socket.SOL_SOCKET,
+        socket.SO_RCVTIMEO,
+        _TIMEVAL.pack(whole, int((seconds - whole) * 1_000_000)),
+    )
 
 
 def run_worker(

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import socket
-import struct
 from typing import TYPE_CHECKING, Final
 
 from .common import (
@@ -30,6 +29,7 @@ from .common import (
     Workload,
     clock,
     lc02_datagram,
+    receive_timeout,
     run_worker,
 )
 
@@ -41,7 +41,6 @@ __all__ = ["run_publisher", "run_subscriber"]
 LOOPBACK: Final = "127.0.0.1"
 RECV_SIZE: Final = 65_536  # any UDP datagram fits (IPv4 payload limit 65,507)
 SO_RCVBUFFORCE: Final = getattr(socket, "SO_RCVBUFFORCE", 33)  # Linux asm-generic/socket.h
-_TIMEVAL: Final = struct.Struct("@ll")  # struct timeval for SO_RCVTIMEO (Linux, LP64)
 
 
 def run_subscriber(work: Workload, conn: WorkerPipe) -> None:
@@ -69,9 +68,7 @@ def _subscribe(work: Workload, conn: WorkerPipe) -> SubscriberReport:
         sock.bind((work.group, work.port))  # the group address: this group's traffic only
         membership = socket.inet_aton(work.group) + socket.inet_aton(LOOPBACK)
         sock.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, membership)
-        # A kernel timeout (SO_RCVTIMEO) rather than settimeout(): settimeout makes
-        # Python poll() before every recv(), which would double the syscalls.
-        _receive_timeout(sock, work.start_timeout)
+        receive_timeout(sock, work.start_timeout)
         conn.send(READY)
 
         size = len(lc02_datagram(0, TOPIC, work.payload))
@@ -92,7 +89,7 @@ def _subscribe(work: Workload, conn: WorkerPipe) -> SubscriberReport:
             last = clock()
             if not received:
                 first = last
-                _receive_timeout(sock, work.idle_timeout)
+                receive_timeout(sock, work.idle_timeout)
 
             received += 1
 
@@ -141,15 +138,6 @@ def _receive_buffer(sock: socket.socket, size: int) -> None:
         sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, size)
     except OSError:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
-
-
-def _receive_timeout(sock: socket.socket, seconds: float) -> None:
-    whole = int(seconds)
-    sock.setsockopt(
-        socket.SOL_SOCKET,
-        socket.SO_RCVTIMEO,
-        _TIMEVAL.pack(whole, int((seconds - whole) * 1_000_000)),
-    )
 
 
 def _kernel_drops(sock: socket.socket) -> int:

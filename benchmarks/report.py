@@ -11,8 +11,22 @@ Metrics of one run (rates in messages per second):
   first arrival anywhere to the last one anywhere (one host-wide clock);
 * ``loss`` -- the mean over subscribers of ``1 - received / sent``;
 * ``kernel_drops``, ``gaps``, ``overflow_drops`` -- summed over subscribers. Raw
-  subscribers read kernel drops from ``/proc/net/udp``; asyncbus's come from
-  ``bus.statistics()``; raw has no gaps or overflow counters (``None``).
+  subscribers read kernel drops from ``/proc/net/udp`` (AF_UNIX: always 0, the kernel
+  makes the sender wait instead); asyncbus's come from ``bus.statistics()``; raw has
+  no gaps or overflow counters (``None``);
+* ``send_drops`` -- what the asyncbus publisher dropped for full peers by their
+  policy (AF_UNIX buses; ``bus.statistics().send_drops`` when it stopped);
+* ``unaccounted`` -- messages that vanished without a counter, summed over
+  subscribers: a subscriber that stopped at an end marker with sequence number
+  ``end_seq`` was sent (or had dropped for it) messages ``0 .. end_seq - 1`` on its
+  link, and each of them must be received, a gap, or an overflow drop of its own
+  subscription. Anything else is a silent loss (should be 0; ``None`` for raw).
+
+For the slow-subscriber scenario (one fast and one slow subscriber, see
+:mod:`benchmarks.bus`) each run also has ``fast_*`` and ``slow_*`` metrics: ``rate``,
+``received``, ``lost`` (``sent - received``), ``gaps``, ``overflow_drops``; and
+``drops_equal``, 1 when the publisher's ``send_drops`` equals the subscribers'
+summed ``gaps`` (every drop the publisher made was seen), else 0.
 
 A case's result is the median of each metric over its runs, each metric on its own,
 with the smallest and largest value of each rate beside it.
@@ -34,6 +48,7 @@ import asyncbus
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
 
+    from .common import SubscriberReport
     from .runner import Case, CaseRun
 
 __all__ = [
@@ -49,7 +64,14 @@ __all__ = [
 ]
 
 # The rates, whose spread over the runs the JSON also reports (machines are noisy).
-RATES: Final = ("send_rate", "subscriber_rate", "slowest_subscriber_rate", "total_rate")
+RATES: Final = (
+    "send_rate",
+    "subscriber_rate",
+    "slowest_subscriber_rate",
+    "total_rate",
+    "fast_rate",
+    "slow_rate",
+)
 
 # The metrics compared with the raw baseline: asyncbus / raw, > 1 means asyncbus is faster.
 RATIOS: Final = ("subscriber_rate", "total_rate", "send_rate")
@@ -68,7 +90,7 @@ def run_metrics(run: CaseRun) -> Metrics:
     heard = [report for report in subscribers if report.received]
     span = max((r.last for r in heard), default=0.0) - min((r.first for r in heard), default=0.0)
     intervals = sum(max(report.received - 1, 0) for report in subscribers)
-    return {
+    metrics: Metrics = {
         "send_rate": publisher.rate,
         "subscriber_rate": statistics.fmean(report.rate for report in subscribers),
         "slowest_subscriber_rate": min(report.rate for report in subscribers),
@@ -77,8 +99,29 @@ def run_metrics(run: CaseRun) -> Metrics:
         "kernel_drops": float(sum(max(report.kernel_drops, 0) for report in subscribers)),
         "gaps": _summed(subscribers, "gaps"),
         "overflow_drops": _summed(subscribers, "overflow_drops"),
+        "send_drops": _number_or_none(_bus_counter(publisher, "send_drops")),
+        "unaccounted": _unaccounted(subscribers),
         "end_markers_missed": float(sum(not report.end_seen for report in subscribers)),
     }
+    slow = [report for report in subscribers if report.slow]
+    fast = [report for report in subscribers if not report.slow]
+    if slow and fast:
+        for role, reports in (("fast", fast), ("slow", slow)):
+            metrics[f"{role}_rate"] = statistics.fmean(report.rate for report in reports)
+            metrics[f"{role}_received"] = float(sum(report.received for report in reports))
+            metrics[f"{role}_lost"] = float(sum(sent - report.received for report in reports))
+            metrics[f"{role}_gaps"] = _summed(reports, "gaps")
+            metrics[f"{role}_overflow_drops"] = _summed(reports, "overflow_drops")
+
+        send_drops, gaps = metrics["send_drops"], metrics["gaps"]
+        metrics["send_drops_after_data"] = _number_or_none(
+            _bus_counter(publisher, "send_drops", "bus_after_data")
+        )
+        metrics["drops_equal"] = (
+            None if send_drops is None or gaps is None else float(send_drops == gaps)
+        )
+
+    return metrics
 
 
 def ratios(median: Metrics, baseline: Metrics) -> Metrics:
@@ -104,17 +147,19 @@ def case_result(case: Case, runs: Sequence[CaseRun], ratios: Metrics | None) -> 
         "implementation": case.implementation,
         "loop": case.loop,
         "fanout": case.fanout,
+        "transport": case.transport,
+        "policy": case.policy,
+        "slow": case.slow,
         "median": median_metrics(runs),
         "range": {
             name: [min(values), max(values)]
             for name in RATES
-            if (values := [value for run in runs if (value := run_metrics(run)[name]) is not None])
+            if (values := [v for run in runs if (v := run_metrics(run).get(name)) is not None])
         },
         "ratio_vs_raw": ratios,
         "runs": [
             {
-                "group": run.group,
-                "port": run.port,
+                "url": run.url,
                 "metrics": run_metrics(run),
                 "publisher": dataclasses.asdict(run.publisher),
                 "subscribers": [dataclasses.asdict(report) for report in run.subscribers],
@@ -132,8 +177,9 @@ def median_metrics(runs: Sequence[CaseRun]) -> Metrics:
     """
     per_run = [run_metrics(run) for run in runs]
     median: Metrics = {}
-    for name in per_run[0]:
-        values = [value for metrics in per_run if (value := metrics[name]) is not None]
+    names = dict.fromkeys(name for metrics in per_run for name in metrics)
+    for name in names:
+        values = [value for metrics in per_run if (value := metrics.get(name)) is not None]
         median[name] = statistics.median(values) if values else None
 
     return median
@@ -152,10 +198,17 @@ def machine() -> dict[str, object]:
         "uvloop": _version("uvloop"),
         "asyncbus": getattr(asyncbus, "__version__", None) or _version("asyncbus"),
         "load_average": list(os.getloadavg()),
-        # What decides when the kernel drops datagrams on the way.
+        # What decides when the kernel drops datagrams on the way (udpm), and how
+        # much an AF_UNIX receiver holds before its sender waits.
         "sysctl": {
-            name: _read(f"/proc/sys/net/core/{name}")
-            for name in ("rmem_default", "rmem_max", "netdev_max_backlog")
+            name: _read(f"/proc/sys/net/{name.replace('.', '/')}")
+            for name in (
+                "core.rmem_default",
+                "core.rmem_max",
+                "core.wmem_default",
+                "core.netdev_max_backlog",
+                "unix.max_dgram_qlen",
+            )
         },
     }
 
@@ -173,7 +226,7 @@ def document(
     :return: a JSON-ready dict.
     """
     return {
-        "benchmark": "udpm-throughput",
+        "benchmark": "asyncbus-throughput",
         "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "command": [sys.executable, "-m", "benchmarks", *sys.argv[1:]],
         "machine": dict(host),
@@ -182,18 +235,37 @@ def document(
     }
 
 
-def markdown(cases: Sequence[tuple[Case, Metrics, Metrics | None]]) -> str:
-    """Return the results table in GitHub markdown.
+def markdown(cases: Sequence[tuple[Case, Sequence[CaseRun], Metrics | None]]) -> str:
+    """Return the results in GitHub markdown: one table per transport family and scenario.
 
-    :param cases: each case with its median metrics and its ratios to raw (or ``None``).
-    :return: the table, one line per case.
+    :param cases: each case with its runs and its ratios to raw (or ``None``).
+    :return: a heading and a table for each of udpm throughput, AF_UNIX throughput and
+        slow subscribers that has cases.
     """
+    udpm = [item for item in cases if item[0].transport == "udpm" and not item[0].slow]
+    unix = [item for item in cases if item[0].transport != "udpm" and not item[0].slow]
+    slow = [item for item in cases if item[0].slow]
+    sections = []
+    if udpm:
+        sections.append("### udpm throughput\n\n" + _udpm_table(udpm))
+
+    if unix:
+        sections.append("### AF_UNIX throughput\n\n" + _unix_table(unix))
+
+    if slow:
+        sections.append("### AF_UNIX, one fast and one slow subscriber\n\n" + _slow_table(slow))
+
+    return "\n\n".join(sections)
+
+
+def _udpm_table(cases: Sequence[tuple[Case, Sequence[CaseRun], Metrics | None]]) -> str:
     lines = [
         "| case | loop | fan-out | sent msg/s | delivered msg/s per sub | delivered msg/s total "
         "| loss | kernel drops | gaps | vs raw (per sub) | vs raw (total) |",
         "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
-    for case, median, ratios in cases:
+    for case, runs, ratios in cases:
+        median = median_metrics(runs)
         ratios = ratios or {}
         cells = [
             case.implementation,
@@ -213,14 +285,103 @@ def markdown(cases: Sequence[tuple[Case, Metrics, Metrics | None]]) -> str:
     return "\n".join(lines)
 
 
+def _unix_table(cases: Sequence[tuple[Case, Sequence[CaseRun], Metrics | None]]) -> str:
+    lines = [
+        "| transport | case | loop | fan-out | sent msg/s | delivered msg/s per sub "
+        "| delivered msg/s total | loss | gaps | send drops | unaccounted "
+        "| vs raw (per sub) | vs raw (total) |",
+        "|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+    ]
+    for case, runs, ratios in cases:
+        median = median_metrics(runs)
+        ratios = ratios or {}
+        cells = [
+            case.transport,
+            case.implementation,
+            case.loop or "-",
+            f"1→{case.fanout}",
+            _number(median["send_rate"]),
+            _number(median["subscriber_rate"]),
+            _number(median["total_rate"]),
+            _percent(max(run_metrics(run)["loss"] or 0.0 for run in runs), digits=3),
+            _number(_largest(runs, "gaps")),
+            _number(_largest(runs, "send_drops")),
+            _number(_largest(runs, "unaccounted")),
+            _times(ratios.get("subscriber_rate")),
+            _times(ratios.get("total_rate")),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+
+    return "\n".join(lines)
+
+
+def _slow_table(cases: Sequence[tuple[Case, Sequence[CaseRun], Metrics | None]]) -> str:
+    lines = [
+        "| transport | policy | loop | sent msg/s | fast: delivered / lost | fast msg/s "
+        "| slow: delivered / lost | slow msg/s | slow gaps | slow overflow drops "
+        "| publisher send_drops | send_drops = gaps | unaccounted |",
+        "|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+    ]
+    for case, runs, _ in cases:
+        median = median_metrics(runs)
+        equal = sum(run_metrics(run).get("drops_equal") == 1.0 for run in runs)
+        cells = [
+            case.transport,
+            case.policy or "-",
+            case.loop or "-",
+            _number(median["send_rate"]),
+            f"{_number(median.get('fast_received'))} / {_number(median.get('fast_lost'))}",
+            _number(median.get("fast_rate")),
+            f"{_number(median.get('slow_received'))} / {_number(median.get('slow_lost'))}",
+            _number(median.get("slow_rate")),
+            _number(median.get("slow_gaps")),
+            _number(median.get("slow_overflow_drops")),
+            _number(median.get("send_drops")),
+            f"{equal}/{len(runs)} runs",
+            _number(_largest(runs, "unaccounted")),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+
+    return "\n".join(lines)
+
+
+def _largest(runs: Sequence[CaseRun], name: str) -> float | None:
+    """The largest value of a counter over the runs: a loss in any run must show."""
+    values = [value for run in runs if (value := run_metrics(run).get(name)) is not None]
+    return max(values) if values else None
+
+
+def _bus_counter(report: object, name: str, group: str = "bus") -> int | None:
+    """Return the asyncbus counter ``name`` a worker reported, or ``None``."""
+    counters = getattr(report, "counters", {}).get(group)
+    if isinstance(counters, dict) and isinstance(value := counters.get(name), int):
+        return value
+
+    return None
+
+
+def _number_or_none(value: int | None) -> float | None:
+    return None if value is None else float(value)
+
+
+def _unaccounted(reports: Sequence[SubscriberReport]) -> float | None:
+    """Sum, over subscribers that saw an end marker, what vanished without a counter."""
+    total, known = 0, False
+    for report in reports:
+        gaps = _bus_counter(report, "gaps")
+        overflow = _bus_counter(report, "overflow_drops")
+        if report.end_seq < 0 or gaps is None or overflow is None:
+            continue
+
+        known = True
+        total += max(report.end_seq - report.received - gaps - overflow, 0)
+
+    return float(total) if known else None
+
+
 def _summed(reports: Sequence[object], name: str) -> float | None:
     """Sum the asyncbus bus counter ``name`` over subscribers; ``None`` if none has it."""
-    values = []
-    for report in reports:
-        bus = getattr(report, "counters", {}).get("bus")
-        if isinstance(bus, dict) and isinstance(value := bus.get(name), int):
-            values.append(value)
-
+    values = [value for report in reports if (value := _bus_counter(report, name)) is not None]
     return float(sum(values)) if values else None
 
 
@@ -232,8 +393,8 @@ def _number(value: float | None) -> str:
     return "-" if value is None else f"{value:,.0f}"
 
 
-def _percent(value: float | None) -> str:
-    return "-" if value is None else f"{100 * value:.1f} %"
+def _percent(value: float | None, digits: int = 1) -> str:
+    return "-" if value is None else f"{100 * value:.{digits}f} %"
 
 
 def _times(value: float | None) -> str:

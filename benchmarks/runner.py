@@ -2,12 +2,14 @@
 
 Every process is started with ``spawn`` (a fresh interpreter: nothing inherited from
 the runner, as for independent programs on the host). Every run gets its own
-multicast group and port, so leftovers of one run never reach the next one.
+multicast group and port, or its own AF_UNIX bus name, so leftovers of one run never
+reach the next one.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import ipaddress
 import socket
 from dataclasses import dataclass
@@ -28,7 +30,7 @@ if TYPE_CHECKING:
     # The runner's end of a worker's pipe.
     RunnerPipe: TypeAlias = Connection[str, object]
 
-__all__ = ["BenchmarkError", "Case", "CaseRun", "private_endpoint", "run_case"]
+__all__ = ["BenchmarkError", "Case", "CaseRun", "private_endpoint", "private_name", "run_case"]
 
 Worker: TypeAlias = "Callable[[Workload, WorkerPipe], None]"
 T = TypeVar("T")
@@ -45,35 +47,53 @@ class BenchmarkError(RuntimeError):
 
 @dataclass(frozen=True)
 class Case:
-    """One line of the results table.
+    """One line of a results table.
 
     :param implementation: ``"raw"`` or ``"asyncbus"``.
     :param loop: the event loop for asyncbus (``"asyncio"``, ``"uvloop"``); ``None`` for raw.
     :param fanout: how many subscriber processes.
+    :param transport: ``"udpm"``, ``"unix"`` or ``"seqpacket"``.
+    :param policy: the overflow policy of the asyncbus subscriptions (``None`` for raw).
+    :param slow: one fast and one slow subscriber (the slow-subscriber scenario).
     """
 
     implementation: str
     loop: str | None
     fanout: int
+    transport: str = "udpm"
+    policy: str | None = None
+    slow: bool = False
 
     @property
     def id(self) -> str:
-        """A stable name for the JSON document: ``asyncbus-uvloop-1to4``."""
-        parts = [self.implementation, self.loop, f"1to{self.fanout}"]
+        """A stable name for the JSON document.
+
+        ``asyncbus-uvloop-1to4`` (udpm, the names of the first version),
+        ``unix-raw-1to1``, ``seqpacket-asyncbus-asyncio-1to4``,
+        ``unix-asyncbus-asyncio-slow-drop_newest``.
+        """
+        transport = None if self.transport == "udpm" else self.transport
+        shape = f"slow-{self.policy}" if self.slow else f"1to{self.fanout}"
+        parts = [transport, self.implementation, self.loop, shape]
         return "-".join(part for part in parts if part)
 
     @property
     def baseline(self) -> Case:
-        """The raw case this one is compared with."""
-        return Case("raw", None, self.fanout)
+        """The raw case this one is compared with: same transport, same fan-out."""
+        return Case("raw", None, self.fanout, self.transport)
 
     def workers(self) -> tuple[Worker, Worker]:
         """Return the publisher's and the subscribers' process entry points."""
         # Imported here so that each worker process imports its own module only.
-        if self.implementation == "raw":
+        if self.implementation == "raw" and self.transport == "udpm":
             from . import raw
 
             return raw.run_publisher, raw.run_subscriber
+
+        if self.implementation == "raw":
+            from . import raw_unix
+
+            return raw_unix.run_publisher, raw_unix.run_subscriber
 
         from . import bus
 
@@ -84,14 +104,13 @@ class Case:
 class CaseRun:
     """What one run of one case measured.
 
-    :param group: the multicast group the run used.
-    :param port: the UDP port the run used.
+    :param url: where the run happened: the asyncbus URL (the raw loops use the same
+        group and port, or sockets named after the same bus name).
     :param publisher: the publisher's report.
-    :param subscribers: each subscriber's report.
+    :param subscribers: each subscriber's report, in subscriber order.
     """
 
-    group: str
-    port: int
+    url: str
     publisher: PublisherReport
     subscribers: tuple[SubscriberReport, ...]
 
@@ -117,6 +136,15 @@ def private_endpoint(rng: random.Random) -> tuple[str, int]:
     return str(group), port
 
 
+def private_name(rng: random.Random) -> str:
+    """Return an AF_UNIX bus name that no other run uses.
+
+    :param rng: where the name comes from.
+    :return: ``bench-`` and 12 hex digits.
+    """
+    return f"bench-{rng.getrandbits(48):012x}"
+
+
 def run_case(case: Case, work: Workload) -> CaseRun:
     """Run ``case`` once with ``work``: one publisher and ``case.fanout`` subscribers.
 
@@ -125,33 +153,41 @@ def run_case(case: Case, work: Workload) -> CaseRun:
     :return: the reports.
     :raises BenchmarkError: if a worker fails, dies or does not answer in time.
     """
+    work = dataclasses.replace(work, fanout=case.fanout)
     publish, subscribe = case.workers()
-    with _processes(publish, subscribe, case.fanout, work) as (publisher, subscribers):
+    with _processes(publish, subscribe, work) as (publisher, subscribers):
         _expect_ready([publisher, *subscribers])
         publisher.send(GO)
         # A subscriber stops at the end marker, or start_timeout + idle_timeout after
-        # it last heard something; the send itself takes what it takes.
-        budget = work.start_timeout + 2 * work.idle_timeout + work.messages / 1_000
+        # it last heard something; the send itself takes what it takes (a slow
+        # subscriber with a `block` policy sets the pace: slow_work per message).
+        budget = (
+            work.start_timeout
+            + 2 * work.idle_timeout
+            + work.messages * (1 / 1_000 + 4 * work.slow_work)
+        )
         reports = _collect(subscribers, SubscriberReport, budget)
         publisher.send(STOP)
         (report,) = _collect([publisher], PublisherReport, JOIN_TIMEOUT)
 
-    return CaseRun(work.group, work.port, report, tuple(reports))
+    return CaseRun(work.url, report, tuple(reports))
 
 
 @contextlib.contextmanager
 def _processes(
-    publish: Worker, subscribe: Worker, fanout: int, work: Workload
+    publish: Worker, subscribe: Worker, work: Workload
 ) -> Iterator[tuple[RunnerPipe, list[RunnerPipe]]]:
     """Start the publisher and the subscribers; join them (or kill them) on the way out."""
     spawn = get_context("spawn")
     processes: list[BaseProcess] = []
     pipes: list[RunnerPipe] = []
     try:
-        for index, target in enumerate([publish] + [subscribe] * fanout):
+        for index, target in enumerate([publish] + [subscribe] * work.fanout):
             ours, theirs = spawn.Pipe()
             name = "publisher" if index == 0 else f"subscriber-{index}"
-            process = spawn.Process(target=target, args=(work, theirs), name=name, daemon=True)
+            # Subscriber i (from 0) learns its index: raw AF_UNIX sockets are named by it.
+            mine = dataclasses.replace(work, index=max(index - 1, 0))
+            process = spawn.Process(target=target, args=(mine, theirs), name=name, daemon=True)
             process.start()
             theirs.close()  # so that ours sees EOF if the process dies
             processes.append(process)

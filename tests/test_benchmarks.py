@@ -1,6 +1,9 @@
 """The benchmarks keep working: a tiny quick run reports every case with positive rates.
 
-Nothing here judges speed; the numbers are for people, in the JSON and the table.
+Nothing here judges speed; the numbers are for people, in the JSON and the table. What
+is checked besides "it runs" are the accounting rules the AF_UNIX cases exist to show:
+no message vanishes without a counter, every drop a publisher makes is a gap at a
+subscriber, and ``block`` subscriptions lose nothing.
 """
 
 from __future__ import annotations
@@ -12,17 +15,27 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 from .conftest import require
 
 ROOT = Path(__file__).resolve().parent.parent
-MESSAGES = 2_000  # tiny: the whole run (6 cases, 21 processes) takes a few seconds
-EXPECTED_CASES = {
-    f"{name}-1to{fanout}"
-    for fanout in (1, 4)
-    for name in ("raw", "asyncbus-asyncio", "asyncbus-uvloop")
-}
+MESSAGES = 2_000  # tiny: the whole udpm run (6 cases, 21 processes) takes a few seconds
+SLOW_MESSAGES = 1_000  # a slow subscriber takes ~150 us a message
 RATES = ("send_rate", "subscriber_rate", "slowest_subscriber_rate", "total_rate")
+THROUGHPUT_NAMES = ("raw", "asyncbus-asyncio", "asyncbus-uvloop")
+UDPM_CASES = {f"{name}-1to{fanout}" for fanout in (1, 4) for name in THROUGHPUT_NAMES}
+UNIX_CASES = {
+    f"{transport}-{name}-1to{fanout}"
+    for transport in ("unix", "seqpacket")
+    for fanout in (1, 4)
+    for name in THROUGHPUT_NAMES
+}
+SLOW_CASES = {
+    f"{transport}-asyncbus-asyncio-slow-{policy}"
+    for transport in ("unix", "seqpacket")
+    for policy in ("drop_oldest", "drop_newest", "block")
+}
 
 
 def _loopback_multicast() -> bool:
@@ -45,13 +58,24 @@ def _loopback_multicast() -> bool:
         return bool(select.select([receiver], [], [], 2.0)[0])
 
 
-def test_quick_run_reports_every_case(tmp_path: Path) -> None:
-    require(_loopback_multicast(), "this host does not deliver multicast on lo (no IPv4 on lo?)")
+def _abstract_seqpacket() -> bool:
+    """Tell whether this host has AF_UNIX SOCK_SEQPACKET in the abstract namespace."""
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as probe:
+            probe.bind(b"\0asyncbus-test-benchmarks-probe-" + str(os.getpid()).encode())
+    except OSError:
+        return False
+
+    return True
+
+
+def _run_quick(tmp_path: Path, *options: str) -> tuple[dict[str, Any], list[str]]:
+    """Run ``python -m benchmarks --quick`` with ``options``; return the JSON and stdout."""
     output = tmp_path / "bench.json"
     path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
     command = [sys.executable, "-m", "benchmarks", "--quick", "--messages", str(MESSAGES)]
     completed = subprocess.run(
-        [*command, "--repeats", "1", "--json", str(output)],
+        [*command, "--repeats", "1", "--json", str(output), *options],
         cwd=ROOT,
         env={**os.environ, "PYTHONPATH": path},
         capture_output=True,
@@ -60,21 +84,59 @@ def test_quick_run_reports_every_case(tmp_path: Path) -> None:
         check=False,
     )
     assert completed.returncode == 0, completed.stderr
-
-    document = json.loads(output.read_text())
+    document: dict[str, Any] = json.loads(output.read_text())
     assert document["settings"]["messages"] == MESSAGES
     assert {"cpu_count", "kernel", "python", "uvloop", "asyncbus"} <= document["machine"].keys()
+    return document, completed.stdout.splitlines()
 
-    cases = {case["id"]: case for case in document["cases"]}
-    assert cases.keys() == EXPECTED_CASES
+
+def _check_throughput(cases: dict[str, dict[str, Any]]) -> None:
     for case_id, case in cases.items():
         assert len(case["runs"]) == 1, case_id
         for rate in RATES:
             assert case["median"][rate] > 0, f"{case_id}: {rate} is {case['median'][rate]}"
 
-        if not case_id.startswith("raw"):
+        if case["implementation"] != "raw":
             assert case["ratio_vs_raw"]["subscriber_rate"] > 0, case_id
 
-    table = completed.stdout.splitlines()
-    assert table[0].startswith("| case |"), completed.stdout
+
+def test_quick_run_reports_every_udpm_case(tmp_path: Path) -> None:
+    require(_loopback_multicast(), "this host does not deliver multicast on lo (no IPv4 on lo?)")
+    document, table = _run_quick(tmp_path, "--transport", "udpm")
+
+    cases = {case["id"]: case for case in document["cases"]}
+    assert cases.keys() == UDPM_CASES
+    _check_throughput(cases)
+
+    assert table[0] == "### udpm throughput", table
+    assert table[2].startswith("| case |"), table
     assert len([line for line in table if line.startswith(("| raw ", "| asyncbus "))]) == 6
+
+
+def test_quick_run_reports_every_unix_case(tmp_path: Path) -> None:
+    require(_abstract_seqpacket(), "this kernel has no AF_UNIX SOCK_SEQPACKET (Linux >= 2.6.4)")
+    options = ("--transport", "unix", "--transport", "seqpacket")
+    document, table = _run_quick(tmp_path, *options, "--slow-messages", str(SLOW_MESSAGES))
+
+    cases = {case["id"]: case for case in document["cases"]}
+    assert cases.keys() == UNIX_CASES | SLOW_CASES
+    _check_throughput({key: cases[key] for key in UNIX_CASES})
+    for case_id in UNIX_CASES | SLOW_CASES:
+        metrics = cases[case_id]["runs"][0]["metrics"]
+        if case_id in SLOW_CASES or "raw" not in case_id:
+            assert metrics["unaccounted"] == 0, f"{case_id}: messages vanished silently"
+
+        if case_id in UNIX_CASES:  # raw blocking sends, or asyncbus `block` subscriptions
+            assert metrics["loss"] == 0, f"{case_id}: lost {metrics['loss']:.2%}"
+
+    for case_id in SLOW_CASES:
+        metrics = cases[case_id]["runs"][0]["metrics"]
+        assert metrics["slow_rate"] > 0, case_id
+        assert metrics["drops_equal"] == 1, f"{case_id}: send_drops != gaps: {metrics}"
+        if case_id.endswith("-block"):
+            assert metrics["fast_lost"] == metrics["slow_lost"] == 0, case_id
+
+    assert "### AF_UNIX throughput" in table
+    assert "### AF_UNIX, one fast and one slow subscriber" in table
+    rows = [line for line in table if line.startswith(("| unix ", "| seqpacket "))]
+    assert len(rows) == len(UNIX_CASES | SLOW_CASES), table
