@@ -1,0 +1,432 @@
+"""The transports of the conformance suite, their capabilities, and test helpers.
+
+* `Kind`: one transport and its capability flags. `KINDS` lists them; the
+  ``transport`` fixture (``conftest.py``) runs each test once per kind, and the
+  ``transports`` mark narrows that to the kinds with given flags.
+* `Transport`: a kind bound to a private bus for one test (`Transport.url`).
+* `Member`: a bus member in a separate process (``tests/conformance/member.py``).
+* `RawPeer`: a socket that is no bus member, to send a member any bytes.
+* `Publisher`: a task that publishes numbered messages until told to stop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import json
+import os
+import signal
+import socket
+import sys
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+import uvloop
+
+import asyncbus
+from tests._bus_support import ROOT, TIMEOUT, RawSender, child_environment, group_of
+from tests.conformance.member import index_of, payload
+
+__all__ = [
+    "KINDS",
+    "TIMEOUT",
+    "Kind",
+    "Member",
+    "Publisher",
+    "RawPeer",
+    "Transport",
+    "drain",
+    "index_of",
+    "payload",
+]
+
+ABSTRACT_PREFIX = "asyncbus/"  # Linux abstract names of bus members: "\0asyncbus/NAME/..."
+
+
+@dataclass(frozen=True, slots=True)
+class Kind:
+    """One transport of the suite and what it can do.
+
+    :ivar id: the test id.
+    :ivar scheme: the URL scheme.
+    :ivar abstract: the bus lives in Linux's abstract socket namespace.
+    :ivar lossless: nothing is lost between members: a full receiver makes the
+        sender wait or drop by the receiver's policy, counted on both sides
+        (``udpm`` is best effort: the kernel drops).
+    :ivar membership: members know each other: ``wait_peers``,
+        ``wait_subscribers``, ``peers``, ``peers_lost`` (``udpm`` members are
+        anonymous and these raise `asyncbus.UnsupportedError`).
+    :ivar credentials: ``Message.sender`` has the kernel-attested pid, uid, gid.
+    :ivar peer_policies: a subscriber's overflow policy applies at the publisher
+        when the subscriber's socket is full (``peer_queue``, ``stall_timeout``).
+    :ivar socket_files: every member has a socket file in the bus directory.
+    :ivar frames_over_64k: a raw peer can send a frame larger than any LCM
+        datagram (AF_UNIX; an IPv4 UDP payload stops at 65,507 bytes).
+    :ivar per_link_seq: sequence numbers count per publisher-to-subscriber link
+        (what one subscriber was sent), not per publisher.
+    """
+
+    id: str
+    scheme: str
+    abstract: bool = False
+    lossless: bool = False
+    membership: bool = False
+    credentials: bool = False
+    peer_policies: bool = False
+    socket_files: bool = False
+    frames_over_64k: bool = False
+    per_link_seq: bool = False
+
+
+_UNIX = {
+    "lossless": True,
+    "membership": True,
+    "credentials": True,
+    "peer_policies": True,
+    "frames_over_64k": True,
+    "per_link_seq": True,
+}
+
+KINDS: tuple[Kind, ...] = (
+    Kind("udpm", "udpm"),
+    Kind("unix-abstract", "unix", abstract=True, **_UNIX),
+    Kind("unix-directory", "unix", socket_files=True, **_UNIX),
+    Kind("seqpacket-abstract", "seqpacket", abstract=True, **_UNIX),
+    Kind("seqpacket-directory", "seqpacket", socket_files=True, **_UNIX),
+)
+
+CAPABILITIES = tuple(f.name for f in dataclasses.fields(Kind) if f.type == "bool")
+
+
+@dataclass(frozen=True, slots=True)
+class Transport(Kind):
+    """A kind bound to a bus that no other test uses.
+
+    :ivar base: the bus URL without its query.
+    :ivar directory: the bus directory (directory buses).
+    :ivar name: the bus name (abstract buses).
+    """
+
+    base: str = ""
+    directory: str | None = None
+    name: str | None = None
+
+    def url(self, **options: str | int | float) -> str:
+        """Return the bus URL with these options in its query.
+
+        :param options: transport options (``peer_queue``, ``stall_timeout``...).
+        :return: the URL.
+        """
+        query: dict[str, str | int | float] = {"ttl": 0} if self.scheme == "udpm" else {}
+        query.update(options)
+        text = "&".join(f"{key}={value}" for key, value in query.items())
+        return f"{self.base}?{text}" if text else self.base
+
+    async def subscribed(self, bus: asyncbus.Bus, topic: str, count: int = 1) -> None:
+        """Return once ``count`` members' subscriptions to ``topic`` reached ``bus``.
+
+        Without membership there is nothing to wait for: a ``udpm`` subscriber
+        hears what is sent from the moment its ``subscribe()`` returned.
+
+        :param bus: the publishing bus.
+        :param topic: the topic.
+        :param count: how many subscribers.
+        """
+        if self.membership:
+            async with asyncio.timeout(TIMEOUT):
+                await bus.topic(topic).wait_subscribers(count)
+
+    def socket_address(self, address: str) -> bytes:
+        """Return the ``sun_path`` of a member from its ``Sender.address``.
+
+        :param address: ``@name`` (abstract) or a path.
+        :return: the raw address.
+        """
+        if address.startswith("@"):
+            return b"\0" + address[1:].encode()
+
+        return os.fsencode(address)
+
+    def leftovers(self) -> list[str]:
+        """Return what members of this bus left behind: socket files, abstract
+        sockets, or a bound UDP port.
+
+        :return: a description of each, empty when the bus is gone.
+        """
+        if self.directory is not None:
+            return sorted(os.listdir(self.directory))
+
+        if self.abstract:
+            prefix = f"@{ABSTRACT_PREFIX}{self.name}/"
+            with open("/proc/net/unix", encoding="utf-8", errors="replace") as table:
+                names = {field for line in table for field in line.split()[7:8]}
+
+            return sorted(name for name in names if name.startswith(prefix))
+
+        _, port = group_of(self.url())
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            try:
+                probe.bind(("0.0.0.0", port))
+            except OSError as exc:
+                return [f"UDP port {port} is still bound ({exc.strerror})"]
+
+        return []
+
+    def raw_peer(self, member: asyncbus.Bus) -> RawPeer:
+        """Return a socket that is no bus member, sending to ``member``.
+
+        :param member: an open bus.
+        :return: the peer (close it).
+        """
+        assert member.sender is not None
+        if self.scheme == "udpm":
+            return RawPeer(None, RawSender(self.url()))
+
+        kind = socket.SOCK_DGRAM if self.scheme == "unix" else socket.SOCK_SEQPACKET
+        sock = socket.socket(socket.AF_UNIX, kind)
+        try:
+            sock.connect(self.socket_address(member.sender.address))
+        except BaseException:
+            sock.close()
+            raise
+
+        return RawPeer(sock, None)
+
+
+class RawPeer:
+    """A socket sending frames to a bus member without speaking the bus protocol."""
+
+    def __init__(self, sock: socket.socket | None, multicast: RawSender | None) -> None:
+        self._sock = sock
+        self._multicast = multicast
+
+    def send(self, frame: bytes) -> None:
+        """Send one frame (datagram or record).
+
+        :param frame: the bytes.
+        """
+        if self._multicast is not None:
+            self._multicast.send(frame)
+        else:
+            assert self._sock is not None
+            self._sock.send(frame)
+
+    def close(self) -> None:
+        """Close the socket."""
+        if self._multicast is not None:
+            self._multicast.close()
+
+        if self._sock is not None:
+            self._sock.close()
+
+    def __enter__(self) -> RawPeer:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+class Member:
+    """A bus member in a separate process, ``python -m tests.conformance.member ARGS``.
+
+    It runs on the same kind of loop as the test. Use it as ``async with
+    Member(...) as member``: leaving kills it if it still runs (resuming it
+    first if it was stopped) and closes its pipes. Its stdout and stderr are
+    one stream of lines, quoted by failures.
+    """
+
+    def __init__(self, *args: str) -> None:
+        """Describe the process; it starts on entering the context.
+
+        :param args: the member's arguments (mode, URL, options).
+        """
+        self.args = args
+        self.output: list[str] = []
+        self._process: asyncio.subprocess.Process | None = None
+
+    @property
+    def pid(self) -> int:
+        """The process id."""
+        assert self._process is not None
+        return self._process.pid
+
+    async def __aenter__(self) -> Member:
+        loop = "uvloop" if isinstance(asyncio.get_running_loop(), uvloop.Loop) else "asyncio"
+        self._process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-W",
+            "error::ResourceWarning",
+            "-m",
+            "tests.conformance.member",
+            "--loop",
+            loop,
+            *self.args,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            cwd=ROOT,
+            env=child_environment(),
+        )
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        process = self._process
+        assert process is not None and process.stdout is not None
+        if process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                process.send_signal(signal.SIGCONT)
+                process.kill()
+
+        if process.stdin is not None:
+            process.stdin.close()
+
+        await process.stdout.read()
+        await process.wait()
+
+    def send_signal(self, number: int) -> None:
+        """Send the process a signal (``SIGSTOP``, ``SIGCONT``...).
+
+        :param number: the signal.
+        """
+        assert self._process is not None
+        self._process.send_signal(number)
+
+    async def kill(self) -> None:
+        """SIGKILL the process and wait until it is gone (its sockets with it)."""
+        assert self._process is not None
+        self._process.kill()
+        async with asyncio.timeout(TIMEOUT):
+            await self._process.wait()
+
+    async def command(self, line: str) -> None:
+        """Write one line to the process's stdin.
+
+        :param line: the command, without newline.
+        """
+        assert self._process is not None and self._process.stdin is not None
+        self._process.stdin.write(line.encode() + b"\n")
+        await self._process.stdin.drain()
+
+    async def event(self, name: str, within: float = TIMEOUT) -> dict[str, Any]:
+        """Return the next event called ``name``, skipping other events.
+
+        :param name: ``"ready"``, ``"message"`` or ``"done"``.
+        :param within: seconds to wait for it.
+        :return: the event.
+        """
+        process = self._process
+        assert process is not None and process.stdout is not None
+        try:
+            async with asyncio.timeout(within):
+                while True:
+                    line = await process.stdout.readline()
+                    if not line:
+                        break
+
+                    text = line.decode(errors="replace").rstrip("\n")
+                    self.output.append(text)
+                    try:
+                        event = json.loads(text)
+                    except ValueError:
+                        continue
+
+                    if isinstance(event, dict) and event.get("event") == name:
+                        return event
+        except TimeoutError:
+            pass
+
+        output = "\n".join(self.output[-40:])
+        raise AssertionError(f"member {self.args} never said {name!r}; its output:\n{output}")
+
+    async def exit_code(self, within: float = TIMEOUT) -> int:
+        """Wait for the process to end.
+
+        :param within: seconds.
+        :return: its exit code.
+        """
+        process = self._process
+        assert process is not None and process.stdout is not None
+        async with asyncio.timeout(within):
+            for line in (await process.stdout.read()).decode(errors="replace").splitlines():
+                self.output.append(line)
+
+            return await process.wait()
+
+
+class Publisher:
+    """Publish ``payload(i, size)`` for i = 0, 1, 2... in a task, until `stop`.
+
+    It yields to the loop after each message, so the test can act between two.
+
+    :ivar started: how many ``publish()`` calls began. Every message with a
+        smaller index has been handed to the kernel (or queued for the members
+        known then) whenever the test runs.
+    """
+
+    def __init__(self, bus: asyncbus.Bus, topic: str, size: int = 64) -> None:
+        self.started = 0
+        self._topic = bus.topic(topic)
+        self._size = size
+        self._stop = asyncio.Event()
+        self._milestones: dict[int, asyncio.Event] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    async def _run(self) -> None:
+        while not self._stop.is_set():
+            index = self.started
+            self.started += 1
+            await self._topic.publish(payload(index, self._size))
+            for mark, event in self._milestones.items():
+                if self.started >= mark:
+                    event.set()
+
+            await asyncio.sleep(0)
+
+    def start(self) -> None:
+        """Start the task."""
+        self._task = asyncio.create_task(self._run())
+
+    async def reached(self, count: int) -> None:
+        """Wait until ``count`` messages were published.
+
+        :param count: how many.
+        """
+        event = self._milestones.setdefault(count, asyncio.Event())
+        if self.started >= count:
+            event.set()
+
+        async with asyncio.timeout(TIMEOUT):
+            await event.wait()
+
+    async def stop(self) -> int:
+        """Stop publishing.
+
+        :return: how many messages were published.
+        """
+        self._stop.set()
+        assert self._task is not None
+        async with asyncio.timeout(TIMEOUT):
+            await self._task
+
+        return self.started
+
+
+def drain(sub: asyncbus.Subscription) -> list[asyncbus.Message]:
+    """Take everything queued in a subscription, without waiting.
+
+    :param sub: the subscription.
+    :return: the messages.
+    """
+    taken = []
+    while True:
+        try:
+            taken.append(sub.receive_nowait())
+        except asyncbus.WouldBlock:
+            return taken
