@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import dataclasses
+import errno
 import json
 import os
 import signal
@@ -66,6 +68,9 @@ class Kind:
         datagram (AF_UNIX; an IPv4 UDP payload stops at 65,507 bytes).
     :ivar per_link_seq: sequence numbers count per publisher-to-subscriber link
         (what one subscriber was sent), not per publisher.
+    :ivar connections: members are connected (``seqpacket``): a member's death
+        is seen at once, as the end of its connections, with nothing to send
+        (``unix`` sees it at the next send to it).
     """
 
     id: str
@@ -78,6 +83,7 @@ class Kind:
     socket_files: bool = False
     frames_over_64k: bool = False
     per_link_seq: bool = False
+    connections: bool = False
 
 
 _UNIX = {
@@ -93,8 +99,8 @@ KINDS: tuple[Kind, ...] = (
     Kind("udpm", "udpm"),
     Kind("unix-abstract", "unix", abstract=True, **_UNIX),
     Kind("unix-directory", "unix", socket_files=True, **_UNIX),
-    Kind("seqpacket-abstract", "seqpacket", abstract=True, **_UNIX),
-    Kind("seqpacket-directory", "seqpacket", socket_files=True, **_UNIX),
+    Kind("seqpacket-abstract", "seqpacket", abstract=True, connections=True, **_UNIX),
+    Kind("seqpacket-directory", "seqpacket", socket_files=True, connections=True, **_UNIX),
 )
 
 CAPABILITIES = tuple(f.name for f in dataclasses.fields(Kind) if f.type == "bool")
@@ -150,10 +156,10 @@ class Transport(Kind):
         return os.fsencode(address)
 
     def leftovers(self) -> list[str]:
-        """Return what members of this bus left behind: socket files, abstract
-        sockets, or a bound UDP port.
+        """Return what members of this bus left behind.
 
-        :return: a description of each, empty when the bus is gone.
+        :return: the member names in the bus directory or the abstract namespace
+            (``PID-RANDOM``), or the bound UDP port; empty when the bus is gone.
         """
         if self.directory is not None:
             return sorted(os.listdir(self.directory))
@@ -163,7 +169,7 @@ class Transport(Kind):
             with open("/proc/net/unix", encoding="utf-8", errors="replace") as table:
                 names = {field for line in table for field in line.split()[7:8]}
 
-            return sorted(name for name in names if name.startswith(prefix))
+            return sorted(name[len(prefix) :] for name in names if name.startswith(prefix))
 
         _, port = group_of(self.url())
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
@@ -416,6 +422,50 @@ class Publisher:
             await self._task
 
         return self.started
+
+
+_SYS_PIDFD_GETFD = 438  # include/uapi/asm-generic/unistd.h, Linux 5.6, every architecture
+
+
+def take_socket(pid: int, path: str) -> socket.socket:
+    """Duplicate another process's socket bound to ``path`` into this process.
+
+    A member's socket lives on, unreachable and unused, as long as the copy
+    is open; with it a test stretches the moment between a process's death
+    and the kernel's release of its sockets.
+
+    :param pid: the process (a child of this one, or run as root).
+    :param path: the socket's bound path (a socket file).
+    :return: the copy, which the caller closes.
+    :raises OSError: if the kernel refuses (``pidfd_getfd`` needs Linux 5.6 and
+        ptrace rights over the process) or no such socket exists.
+    """
+    with open("/proc/net/unix", encoding="utf-8", errors="replace") as table:
+        inodes = [f[6] for f in (line.split() for line in table) if f[7:8] == [path]]
+
+    if not inodes:
+        raise FileNotFoundError(errno.ENOENT, "no socket bound there", path)
+
+    target = f"socket:[{inodes[0]}]"
+    for name in os.listdir(f"/proc/{pid}/fd"):
+        with contextlib.suppress(OSError):
+            if os.readlink(f"/proc/{pid}/fd/{name}") == target:
+                break
+    else:
+        raise FileNotFoundError(errno.ENOENT, f"process {pid} holds no socket bound there", path)
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    pidfd = os.pidfd_open(pid)
+    try:
+        fd = libc.syscall(_SYS_PIDFD_GETFD, pidfd, int(name), 0)
+    finally:
+        os.close(pidfd)
+
+    if fd < 0:
+        code = ctypes.get_errno()
+        raise OSError(code, f"pidfd_getfd: {os.strerror(code)}")
+
+    return socket.socket(fileno=fd)
 
 
 def drain(sub: asyncbus.Subscription) -> list[asyncbus.Message]:
