@@ -15,21 +15,36 @@ PYTHON = "3.11"
 
 
 def _system_packages(session: nox.Session) -> None:
-    """Install iproute2 and util-linux when running as root on Debian and they are missing.
+    """Install iproute2, util-linux and gcc when running as root on Debian and any is missing.
 
-    The network-namespace tests (LCM interop) need ``ip`` and ``unshare``. Without
-    root they cannot run at all and skip with a reason, so there is nothing to install.
+    The network-namespace tests (LCM interop) need ``ip`` and ``unshare``; the C peer
+    of the unix transports (``tests/test_unix_c_peer.py``) needs ``gcc``. Without root
+    nothing can be installed: those tests skip with a reason (and fail in CI).
     """
-    if os.geteuid() != 0 or (shutil.which("ip") and shutil.which("unshare")):
+    if os.geteuid() != 0 or (
+        shutil.which("ip") and shutil.which("unshare") and shutil.which("gcc")
+    ):
         return
 
     if not shutil.which("apt-get"):
-        session.warn("ip/unshare missing and no apt-get: network-namespace tests will skip")
+        session.warn(
+            "ip/unshare/gcc missing and no apt-get: network-namespace and C peer tests will skip"
+        )
         return
 
     env = {"DEBIAN_FRONTEND": "noninteractive"}
     session.run("apt-get", "update", "-qq", external=True, env=env)
-    session.run("apt-get", "install", "-y", "-qq", "iproute2", "util-linux", external=True, env=env)
+    session.run(
+        "apt-get",
+        "install",
+        "-y",
+        "-qq",
+        "iproute2",
+        "util-linux",
+        "gcc",
+        external=True,
+        env=env,
+    )
 
 
 @nox.session(python=PYTHON)
