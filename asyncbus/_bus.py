@@ -313,7 +313,8 @@ class Bus:
         assert isinstance(protocol, UNIXMemberProtocol)
         self._unix_transport, self._unix = transport, protocol
         own = transport.get_extra_info("sockname")
-        self._self_sender = Sender(address_text(own), os.getpid(), os.geteuid(), os.getegid())
+        pid, uid, gid = protocol.identity
+        self._self_sender = Sender(address_text(own), pid, uid, gid)
         protocol.closed_with().add_done_callback(self._transport_lost)
         try:
             await protocol.join()

@@ -62,6 +62,19 @@ _POLICIES: Final = {
 Transport = UNIXDatagramTransport | UNIXSeqpacketTransport
 
 
+def own_identity(scheme: str) -> tuple[int, int, int]:
+    """Return this process's (pid, uid, gid) as peers see them on ``scheme``.
+
+    The kernel attests the *real* ids in ``SCM_CREDENTIALS`` (``unix:``) and the
+    *effective* ids in ``SO_PEERCRED`` (``seqpacket:``); they differ only in
+    set-uid programs. "The same user" compares like with like.
+    """
+    if scheme == "unix":
+        return os.getpid(), os.getuid(), os.getgid()
+
+    return os.getpid(), os.geteuid(), os.getegid()
+
+
 def address_text(address: bytes) -> str:
     """Show a ``sun_path`` as people write it: ``@name`` for abstract addresses."""
     if address[:1] == b"\0":
@@ -76,7 +89,8 @@ class UNIXMemberProtocol(MessageReceiver):
     def __init__(self, router: _Router, bus: UNIXAddress, *, max_message_size: int) -> None:
         super().__init__(router, max_message_size=max_message_size)
         self._bus = bus
-        self._uid = os.geteuid()
+        self.identity = own_identity(bus.scheme)
+        self._uid = self.identity[1]
         self._transport: Transport | None = None
         self._membership = Membership(b"")
         self._own_hello = b""
@@ -221,6 +235,8 @@ class UNIXMemberProtocol(MessageReceiver):
 
         if peer is not None and lost:
             self.peers_lost += 1
+            if transport is not None:
+                transport.reap(address)  # it may have been killed: remove its file
 
         self._joining.discard(address)
         self._wake_room(address)

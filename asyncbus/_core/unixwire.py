@@ -162,16 +162,29 @@ def encode_subscriptions(entries: list[SubscriptionEntry] | tuple[SubscriptionEn
     :return: the frame.
     :raises LocalProtocolError: if the set does not fit one frame.
     """
-    parts = [_SUBSCRIBE.pack(ControlMagic.SUBSCRIBE, len(entries))]
-    size = _SUBSCRIBE.size
     if len(entries) > 0xFFFF:
         raise LocalProtocolError(f"{len(entries)} subscriptions do not fit a SUBSCRIBE frame")
 
+    parts = [_SUBSCRIBE.pack(ControlMagic.SUBSCRIBE, len(entries))]
+    size = _SUBSCRIBE.size
     for entry in entries:
-        raw = entry.pattern.encode()
+        if (entry.kind is PatternKind.ALL) != (not entry.pattern):
+            raise LocalProtocolError(
+                f"a {entry.kind.name} entry with pattern {entry.pattern!r}: the pattern "
+                "is empty exactly when the kind is ALL"
+            )
+
+        try:
+            raw = entry.pattern.encode()
+        except UnicodeEncodeError as exc:
+            raise LocalProtocolError(f"pattern {entry.pattern!r} is not valid Unicode") from exc
+
+        size += _ENTRY.size + len(raw)
+        if len(raw) > 0xFFFF or size > MAX_CONTROL_FRAME:
+            break  # reported below
+
         parts.append(_ENTRY.pack(entry.kind, entry.policy, len(raw)))
         parts.append(raw)
-        size += _ENTRY.size + len(raw)
 
     if size > MAX_CONTROL_FRAME:
         raise LocalProtocolError(

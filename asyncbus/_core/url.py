@@ -128,15 +128,20 @@ class UNIXAddress:
             query.append(f"peer_queue={self.peer_queue}")
 
         if self.stall_timeout != DEFAULT_STALL_TIMEOUT:
-            query.append(f"stall_timeout={self.stall_timeout:g}")
+            query.append(f"stall_timeout={_number(self.stall_timeout)}")
 
         if self.join_timeout != DEFAULT_JOIN_TIMEOUT:
-            query.append(f"join_timeout={self.join_timeout:g}")
+            query.append(f"join_timeout={_number(self.join_timeout)}")
 
         return url + ("?" + "&".join(query) if query else "")
 
 
 BusAddress = UDPMulticastAddress | UNIXAddress
+
+
+def _number(value: float) -> str:
+    # Every digit (repr round-trips a float), but "2" rather than "2.0".
+    return str(int(value)) if value.is_integer() else repr(value)
 
 
 def _integer(name: str, value: str | int, low: int, high: int) -> int:
@@ -245,6 +250,7 @@ _UNIX_OPTIONS: Final = ("allow_uids", "allow_gids", "peer_queue", "stall_timeout
 
 def _parse_unix(url: str, overrides: dict[str, str | int] | None) -> UNIXAddress:
     scheme, _, rest = url.partition(":")
+    scheme = scheme.lower()  # schemes are case-insensitive (RFC 3986, section 3.1)
     target, _, query = rest.partition("?")
     if "#" in target or "#" in query:
         raise InvalidURLError(f"a {scheme} URL has no fragment: {url!r}")
@@ -272,14 +278,14 @@ def _parse_unix(url: str, overrides: dict[str, str | int] | None) -> UNIXAddress
         if directory == "/" or "\0" in directory or ".." in directory.split("/"):
             raise InvalidURLError(f"bad bus directory {directory!r} in {url!r}")
 
-        if len(directory.encode()) > MAX_DIRECTORY:
+        if len(directory.encode("utf-8", "surrogateescape")) > MAX_DIRECTORY:
             raise InvalidURLError(
                 f"bus directory {directory!r} is too long for a unix socket path "
                 f"(at most {MAX_DIRECTORY} bytes, as sun_path holds 108)"
             )
-    elif name is None or not _NAME.fullmatch(name):
+    elif name is None or not _NAME.fullmatch(name) or name in (".", ".."):
         raise InvalidURLError(
-            f"bad bus name {name!r} in {url!r}: use 1 to 64 of A-Z a-z 0-9 _ . -, "
+            f"bad bus name {name!r} in {url!r}: use 1 to 64 of A-Z a-z 0-9 _ . - (not . or ..), "
             f"e.g. {scheme}:sensors, {scheme}:@sensors or {scheme}:///run/user/1000/bus"
         )
 

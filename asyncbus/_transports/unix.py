@@ -65,6 +65,8 @@ _SOCKET_TYPES: Final = {"unix": socket.SOCK_DGRAM, "seqpacket": socket.SOCK_SEQP
 _PROC_TYPES: Final = {socket.SOCK_DGRAM: "0002", socket.SOCK_SEQPACKET: "0005"}
 # Errors that mean the peer's socket is gone: forget the peer, not the bus.
 _HIGH_WATER: Final = 256 * 1024  # bytes queued in all links before pause_writing()
+# A killed process's sockets close one by one: probe its file again after these.
+_REAP_DELAYS: Final = (0.05, 0.25, 1.0)
 _PEER_GONE: Final = frozenset(
     {errno.ECONNREFUSED, errno.ENOENT, errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN}
 )
@@ -199,6 +201,9 @@ def list_members(address: UNIXAddress, directory: str | None, own: bytes) -> lis
     if directory is not None:
         with os.scandir(directory) as entries:
             for entry in entries:
+                if entry.name.startswith("."):
+                    continue  # a member still setting up (see _bind)
+
                 path = os.fsencode(entry.path)
                 try:
                     is_socket = stat.S_ISSOCK(entry.stat(follow_symlinks=False).st_mode)
@@ -322,6 +327,7 @@ class _UNIXBusTransport(asyncio.BaseTransport):
         self._reading = True
         self._closing = False
         self._made = False
+        self._reaping: dict[bytes, asyncio.TimerHandle] = {}
         self._extra: dict[str, Any] = {"sockname": address, "socket": sock}
         self.received = 0
         self.truncated = 0
@@ -442,6 +448,10 @@ class _UNIXBusTransport(asyncio.BaseTransport):
                 os.unlink(self._address)
 
         self._stop_reading()
+        for handle in self._reaping.values():
+            handle.cancel()
+
+        self._reaping.clear()
         for link in list(self._links.values()):
             self._close_link(link)
 
@@ -659,12 +669,36 @@ class _UNIXBusTransport(asyncio.BaseTransport):
             return
 
         self._close_link(link)
-        # The peer's socket is gone. If it was killed its file is still there
-        # (a clean leave unlinks first): probe it and remove it if dead.
-        if remove_if_stale(link.address, self._kind):
-            self.removed_stale += 1
-
+        self.reap(link.address)
         self._loop.call_soon(self._report_link_lost, link.address, exc)
+
+    def reap(self, address: bytes) -> None:
+        """Remove a dead peer's socket file once nothing listens on it any more.
+
+        A peer that leaves cleanly unlinks its file first; one that was killed
+        leaves it. The kernel closes a dying process's sockets one by one, so its
+        listener may still accept for a moment after its connections ended: probe
+        now, and again after `_REAP_DELAYS` seconds if the file still answers.
+
+        :param address: the peer's ``sun_path`` (abstract names are left alone).
+        """
+        if address[:1] in (b"", b"\0") or address in self._reaping or self._closing:
+            return
+
+        self._probe(address, 0)
+
+    def _probe(self, address: bytes, attempt: int) -> None:
+        self._reaping.pop(address, None)
+        if self._closing:
+            return
+
+        if remove_if_stale(address, self._kind):
+            self.removed_stale += 1
+            return
+
+        if attempt < len(_REAP_DELAYS) and os.path.lexists(address):
+            delay = _REAP_DELAYS[attempt]
+            self._reaping[address] = self._loop.call_later(delay, self._probe, address, attempt + 1)
 
     def _report_link_lost(self, address: bytes, exc: OSError | None) -> None:
         if not self._closing:
@@ -948,11 +982,22 @@ async def create_unix_endpoint(
     sock = socket.socket(socket.AF_UNIX, kind)
     try:
         sock.setblocking(False)
-        address = _bind(sock, bus, directory)
         if kind == socket.SOCK_DGRAM:
+            # Before bind: no frame may arrive without its sender's credentials.
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
-        else:
-            sock.listen(_LISTEN_BACKLOG)
+
+        address, bound = _bind(sock, bus, directory)
+        try:
+            if kind == socket.SOCK_SEQPACKET:
+                sock.listen(_LISTEN_BACKLOG)
+
+            if bound != address:
+                os.rename(bound, address)  # ready: now members may find it
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(bound)
+
+            raise
     except BaseException:
         sock.close()
         raise
@@ -971,16 +1016,26 @@ async def create_unix_endpoint(
     return transport, protocol
 
 
-def _bind(sock: socket.socket, bus: UNIXAddress, directory: str | None) -> bytes:
+def _bind(sock: socket.socket, bus: UNIXAddress, directory: str | None) -> tuple[bytes, bytes]:
+    """Bind a member socket; return (its address, the path it is bound to now).
+
+    In a directory the socket is bound under a hidden name (``.NAME``), which
+    members do not list, and renamed once it is ready: a seqpacket socket that is
+    bound but not yet listening refuses connections like a dead one, and a
+    member probing it would remove its file.
+    """
     for _ in range(8):  # a clash of random names is all but impossible; retry anyway
         name = _member_name()
         if directory is None:
-            address = _abstract_prefix(bus) + name.encode()
+            address = bound = _abstract_prefix(bus) + name.encode()
         else:
             address = os.fsencode(os.path.join(directory, name))
+            bound = os.fsencode(os.path.join(directory, "." + name))
+            if os.path.lexists(address):
+                continue
 
         try:
-            sock.bind(address)
+            sock.bind(bound)
         except OSError as exc:
             if exc.errno == errno.EADDRINUSE:
                 continue
@@ -993,8 +1048,8 @@ def _bind(sock: socket.socket, bus: UNIXAddress, directory: str | None) -> bytes
             raise
 
         if directory is not None:
-            os.chmod(address, 0o600)  # only this user may connect (and the dir is 0700)
+            os.chmod(bound, 0o600)  # only this user may connect (and the dir is 0700)
 
-        return address
+        return address, bound
 
     raise OSError(errno.EADDRINUSE, "no free member name on this bus")
