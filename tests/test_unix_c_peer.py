@@ -323,22 +323,10 @@ class TestExchange:
         assert members_left(url) == []
 
 
-class TestDeath:
+class TestStaleFiles:
     async def test_killed_c_peer_is_forgotten_and_its_file_removed(
-        self, peer_program: Path, url: str, request: pytest.FixtureRequest
+        self, peer_program: Path, url: str
     ) -> None:
-        if url.startswith("seqpacket://"):
-            # The C peer closes its link (lower fd) before the connection it accepted, so
-            # asyncbus sees its inbound connection end first, every time.
-            request.applymarker(
-                pytest.mark.xfail(
-                    strict=True,
-                    reason="bug: a seqpacket peer whose death shows first as the end of its "
-                    "inbound connection (source_closed) is forgotten through close_link(), "
-                    "which never probes its socket file: the stale file stays",
-                )
-            )
-
         async with asyncbus.connect(url) as bus:
             async with CPeer(peer_program, url, "--subscribe", "to-c", "--hold") as peer:
                 await peer.line("held")
@@ -359,22 +347,23 @@ class TestDeath:
 
         assert members_left(url) == []
 
+    @pytest.mark.parametrize("scheme", ["unix", "seqpacket"])
+    async def test_a_member_setting_up_is_neither_greeted_nor_removed(
+        self, bus_dir: str, scheme: str
+    ) -> None:
+        # docs/protocol.md: a directory member binds as ".FILE" and renames it when
+        # ready; a seqpacket socket that does not listen yet looks dead to a probe.
+        path = os.path.join(bus_dir, ".starting")
+        kind = socket.SOCK_DGRAM if scheme == "unix" else socket.SOCK_SEQPACKET
+        with socket.socket(socket.AF_UNIX, kind) as starting:
+            starting.bind(path)
+            starting.setblocking(False)
+            async with asyncbus.connect(f"{scheme}://{bus_dir}", join_timeout=0.5) as bus:
+                assert bus.statistics().peers == 0
 
-class TestSpecQuestions:
-    """Where the code does not do what docs/protocol.md (or its docstrings) promise."""
+            assert _exists(path), "a member's socket file was removed while it set up"
+            if scheme == "unix":
+                with pytest.raises(BlockingIOError):
+                    starting.recv(1)  # nobody said HELLO to it
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason="bug: remove_if_stale() takes a seqpacket member that has bound but not yet "
-        "listened (create_unix_endpoint binds, chmods, then listens) for a dead one: the probe's "
-        "ECONNREFUSED cannot tell them apart, and the live member's file is unlinked",
-    )
-    async def test_a_member_between_bind_and_listen_keeps_its_file(self, bus_dir: str) -> None:
-        path = os.path.join(bus_dir, "starting")
-        with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as starting:
-            starting.bind(path)  # a member that has not reached listen() yet
-            async with asyncbus.connect(f"seqpacket://{bus_dir}", join_timeout=0):
-                pass
-
-            assert _exists(path), "a live member's socket file was removed"
             os.unlink(path)

@@ -98,6 +98,7 @@ static char bus_dir[128];   /* directory bus: DIR */
 static unsigned char own[MAX_ADDRESS];
 static size_t own_length;
 static int receiver = -1;   /* receiving socket (unix:) or listener (seqpacket:) */
+static char hidden[MAX_ADDRESS + 1]; /* directory bus: bound here until ready, then renamed */
 static struct peer peers[MAX_PEERS];
 static struct source sources[MAX_SOURCES];
 static const char *patterns[MAX_PATTERNS];
@@ -126,7 +127,9 @@ static void cleanup(void)
             close(sources[i].fd);
     if (receiver >= 0)
         close(receiver);
-    if (!abstract && own_length > 0)
+    if (hidden[0])
+        unlink(hidden); /* died while setting up */
+    else if (!abstract && own_length > 0)
         unlink((const char *)own); /* own is NUL-terminated for a path */
 }
 
@@ -182,9 +185,10 @@ static socklen_t sockaddr_of(struct sockaddr_un *sa, const unsigned char *addres
     return (socklen_t)(offsetof(struct sockaddr_un, sun_path) + length);
 }
 
+/* Our own uid as the kernel reports it: real in SCM_CREDENTIALS, effective in SO_PEERCRED. */
 static int allowed(uid_t uid)
 {
-    return uid == geteuid();
+    return uid == (seqpacket ? geteuid() : getuid());
 }
 
 /* -- peers ----------------------------------------------------------------- */
@@ -365,6 +369,8 @@ static void discover(void)
         while ((entry = readdir(dir))) {
             char path[MAX_ADDRESS + 1];
             struct stat st;
+            if (entry->d_name[0] == '.')
+                continue; /* ".", "..", and members still setting up */
             int n = snprintf(path, sizeof path, "%s/%s", bus_dir, entry->d_name);
             if (n < 0 || n > MAX_ADDRESS || lstat(path, &st) < 0 || !S_ISSOCK(st.st_mode))
                 continue;
@@ -916,17 +922,32 @@ int main(int argc, char **argv)
         if (setsockopt(receiver, SOL_SOCKET, SO_PASSCRED, &on, sizeof on) < 0)
             die(1, "SO_PASSCRED: %s", strerror(errno));
     }
+    /* A directory member sets up under a hidden name (".FILE") nobody lists. */
     struct sockaddr_un sa;
-    socklen_t length = sockaddr_of(&sa, own, own_length);
+    socklen_t length;
+    if (abstract) {
+        length = sockaddr_of(&sa, own, own_length);
+    } else {
+        n = snprintf(hidden, sizeof hidden, "%s/.%s", bus_dir, name);
+        if (n < 0 || (size_t)n > MAX_ADDRESS)
+            die(2, "member address too long");
+        length = sockaddr_of(&sa, (const unsigned char *)hidden, (size_t)n);
+    }
     if (bind(receiver, (struct sockaddr *)&sa, length) < 0) {
         size_t keep = own_length;
         own_length = 0; /* not ours to unlink */
+        hidden[0] = '\0';
         die(1, "bind %s: %s", show(own, keep), strerror(errno));
     }
+    if (!abstract && chmod(hidden, 0600) < 0)
+        die(1, "chmod %s: %s", hidden, strerror(errno));
     if (seqpacket && listen(receiver, 128) < 0)
         die(1, "listen: %s", strerror(errno));
-    if (!abstract)
-        chmod((const char *)own, 0600);
+    if (!abstract) {
+        if (rename(hidden, (const char *)own) < 0)
+            die(1, "rename %s: %s", hidden, strerror(errno));
+        hidden[0] = '\0';
+    }
 
     /* Join: HELLO with REPLY to every member found. */
     discover();
