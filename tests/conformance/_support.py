@@ -28,7 +28,14 @@ from typing import Any
 import uvloop
 
 import asyncbus
-from tests._bus_support import ROOT, TIMEOUT, RawSender, child_environment, group_of
+from tests._bus_support import (
+    ROOT,
+    TIMEOUT,
+    RawSender,
+    child_environment,
+    group_of,
+    wait_until,
+)
 from tests.conformance.member import index_of, payload
 
 __all__ = [
@@ -303,6 +310,23 @@ class Member:
         """
         assert self._process is not None
         self._process.send_signal(number)
+
+    def state(self) -> str:
+        """Return the process's state letter from ``/proc/PID/stat`` (``T``: stopped).
+
+        :return: the letter.
+        """
+        with open(f"/proc/{self.pid}/stat", encoding="ascii", errors="replace") as stat:
+            return stat.read().rpartition(")")[2].split()[0]
+
+    async def stop(self) -> None:
+        """SIGSTOP the process and return once it is stopped (it reads nothing more)."""
+        self.send_signal(signal.SIGSTOP)
+        await wait_until(lambda: self.state() == "T")  # no event tells a stop
+
+    def resume(self) -> None:
+        """SIGCONT the process."""
+        self.send_signal(signal.SIGCONT)
 
     async def kill(self) -> None:
         """SIGKILL the process and wait until it is gone (its sockets with it)."""
