@@ -34,6 +34,7 @@ from .common import (
     SubscriberReport,
     Workload,
     clock,
+    cpu_clock,
     run_worker,
 )
 
@@ -95,7 +96,7 @@ async def _subscribe(work: Workload, conn: WorkerPipe) -> SubscriberReport:
         conn.send(READY)
         size = work.size
         received = 0
-        first = last = 0.0
+        first = last = cpu_first = 0.0
         end_seen = False
         end_seq = -1
         deadline = asyncio.timeout(None)
@@ -111,6 +112,7 @@ async def _subscribe(work: Workload, conn: WorkerPipe) -> SubscriberReport:
                         last = clock()
                         if not received:
                             first = last
+                            cpu_first = cpu_clock()
 
                         received += 1
                 else:
@@ -123,6 +125,7 @@ async def _subscribe(work: Workload, conn: WorkerPipe) -> SubscriberReport:
                         last = clock()
                         if not received:
                             first = last
+                            cpu_first = cpu_clock()
 
                         received += 1
                         sleep(pause)  # the slow handler's work (blocks the loop)
@@ -131,6 +134,7 @@ async def _subscribe(work: Workload, conn: WorkerPipe) -> SubscriberReport:
         finally:
             watchdog.cancel()
 
+        cpu = cpu_clock() - cpu_first if received else 0.0
         statistics = bus.statistics()
         counters = {
             "bus": _counters(statistics),
@@ -146,6 +150,7 @@ async def _subscribe(work: Workload, conn: WorkerPipe) -> SubscriberReport:
         counters=counters,
         end_seq=end_seq,
         slow=work.slow,
+        cpu=cpu,
     )
 
 
@@ -184,11 +189,13 @@ async def _publish(work: Workload, conn: WorkerPipe) -> PublisherReport:
         if (command := await _receive_command(conn, None)) != GO:
             raise RuntimeError(f"expected {GO!r} from the runner, got {command!r}")
 
+        cpu_started = cpu_clock()
         started = clock()
         for _ in range(work.messages):
             await publish(payload)
 
         finished = clock()
+        cpu = cpu_clock() - cpu_started
         after_data = _counters(bus.statistics())
         markers = 0
         deadline = finished + work.start_timeout + work.idle_timeout
@@ -206,7 +213,7 @@ async def _publish(work: Workload, conn: WorkerPipe) -> PublisherReport:
 
         counters = {"bus": _counters(bus.statistics()), "bus_after_data": after_data}
 
-    return PublisherReport(work.messages, started, finished, markers, counters=counters)
+    return PublisherReport(work.messages, started, finished, markers, counters=counters, cpu=cpu)
 
 
 async def _receive_command(conn: WorkerPipe, patience: float | None) -> str | None:

@@ -55,6 +55,7 @@ __all__ = [
     "WorkerFailed",
     "Workload",
     "clock",
+    "cpu_clock",
     "lc02_datagram",
     "raw_unix_address",
     "receive_timeout",
@@ -92,6 +93,10 @@ STOP: Final = "stop"
 # CLOCK_MONOTONIC on Linux: one clock for the whole host, so timestamps taken in
 # different processes can be compared (total rate of a fan-out).
 clock: Final[Callable[[], float]] = time.monotonic
+
+# CPU time of this process (user + system): what a message costs, whatever else the
+# machine does meanwhile (wall-clock rates on a shared machine are noisy).
+cpu_clock: Final[Callable[[], float]] = time.process_time
 
 
 @dataclass(frozen=True)
@@ -170,6 +175,7 @@ class SubscriberReport:
         numbers its messages from 0, so it is how many messages the publisher sent *or
         dropped* for this subscriber before that marker.
     :param slow: whether this was the slow subscriber.
+    :param cpu: CPU seconds this process used from the first message to the end.
     """
 
     received: int
@@ -180,6 +186,7 @@ class SubscriberReport:
     counters: Mapping[str, object] = field(default_factory=dict)
     end_seq: int = -1
     slow: bool = False
+    cpu: float = 0.0
 
     @property
     def rate(self) -> float:
@@ -197,6 +204,7 @@ class PublisherReport:
     :param finished: ``clock()`` after the last one.
     :param end_markers: how many end markers it sent before STOP.
     :param counters: everything else the implementation counts (asyncbus statistics).
+    :param cpu: CPU seconds this process used from ``started`` to ``finished``.
     """
 
     sent: int
@@ -204,6 +212,7 @@ class PublisherReport:
     finished: float
     end_markers: int
     counters: Mapping[str, object] = field(default_factory=dict)
+    cpu: float = 0.0
 
     @property
     def rate(self) -> float:

@@ -28,6 +28,7 @@ from .common import (
     SubscriberReport,
     Workload,
     clock,
+    cpu_clock,
     lc02_datagram,
     receive_timeout,
     run_worker,
@@ -74,7 +75,7 @@ def _subscribe(work: Workload, conn: WorkerPipe) -> SubscriberReport:
         size = len(lc02_datagram(0, TOPIC, work.payload))
         recv = sock.recv
         received = 0
-        first = last = 0.0
+        first = last = cpu_first = 0.0
         end_seen = False
         while True:
             try:
@@ -89,14 +90,18 @@ def _subscribe(work: Workload, conn: WorkerPipe) -> SubscriberReport:
             last = clock()
             if not received:
                 first = last
+                cpu_first = cpu_clock()
                 receive_timeout(sock, work.idle_timeout)
 
             received += 1
 
+        cpu = cpu_clock() - cpu_first if received else 0.0
         drops = _kernel_drops(sock)
         buffer = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
 
-    return SubscriberReport(received, first, last, end_seen, drops, counters={"so_rcvbuf": buffer})
+    return SubscriberReport(
+        received, first, last, end_seen, drops, counters={"so_rcvbuf": buffer}, cpu=cpu
+    )
 
 
 def _publish(work: Workload, conn: WorkerPipe) -> PublisherReport:
@@ -111,12 +116,14 @@ def _publish(work: Workload, conn: WorkerPipe) -> PublisherReport:
         if (command := conn.recv()) != GO:
             raise RuntimeError(f"expected {GO!r} from the runner, got {command!r}")
 
+        cpu_started = cpu_clock()
         started = clock()
         for seq in range(work.messages):
             pack_into(buffer, 0, LC02_MAGIC, seq)
             sendto(buffer, destination)
 
         finished = clock()
+        cpu = cpu_clock() - cpu_started
         markers = 0
         deadline = finished + work.start_timeout + work.idle_timeout
         while True:
@@ -128,7 +135,7 @@ def _publish(work: Workload, conn: WorkerPipe) -> PublisherReport:
         if (command := conn.recv()) != STOP:
             raise RuntimeError(f"expected {STOP!r} from the runner, got {command!r}")
 
-    return PublisherReport(work.messages, started, finished, markers)
+    return PublisherReport(work.messages, started, finished, markers, cpu=cpu)
 
 
 def _receive_buffer(sock: socket.socket, size: int) -> None:

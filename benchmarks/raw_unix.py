@@ -39,6 +39,7 @@ from .common import (
     SubscriberReport,
     Workload,
     clock,
+    cpu_clock,
     lc02_datagram,
     raw_unix_address,
     receive_timeout,
@@ -100,7 +101,7 @@ def _receive(sock: socket.socket, work: Workload) -> SubscriberReport:
     size = len(lc02_datagram(0, TOPIC, work.payload))
     recv = sock.recv
     received = 0
-    first = last = 0.0
+    first = last = cpu_first = 0.0
     end_seen = False
     while True:
         try:
@@ -115,12 +116,14 @@ def _receive(sock: socket.socket, work: Workload) -> SubscriberReport:
         last = clock()
         if not received:
             first = last
+            cpu_first = cpu_clock()
             receive_timeout(sock, work.idle_timeout)
 
         received += 1
 
+    cpu = cpu_clock() - cpu_first if received else 0.0
     # The kernel never drops AF_UNIX datagrams: a full receiver makes the sender wait.
-    return SubscriberReport(received, first, last, end_seen, 0)
+    return SubscriberReport(received, first, last, end_seen, 0, cpu=cpu)
 
 
 def _publish(work: Workload, conn: WorkerPipe) -> PublisherReport:
@@ -139,6 +142,7 @@ def _publish(work: Workload, conn: WorkerPipe) -> PublisherReport:
 
         buffer = bytearray(lc02_datagram(0, TOPIC, work.payload))
         pack_into = LC02_HEADER.pack_into
+        cpu_started = cpu_clock()
         started = clock()
         for seq in range(work.messages):
             pack_into(buffer, 0, LC02_MAGIC, seq)
@@ -146,6 +150,7 @@ def _publish(work: Workload, conn: WorkerPipe) -> PublisherReport:
                 send(buffer)
 
         finished = clock()
+        cpu = cpu_clock() - cpu_started
         marker = lc02_datagram(work.messages, TOPIC, END_PAYLOAD)
         for send in sends:
             send(marker)
@@ -153,4 +158,4 @@ def _publish(work: Workload, conn: WorkerPipe) -> PublisherReport:
         if (command := conn.recv()) != STOP:
             raise RuntimeError(f"expected {STOP!r} from the runner, got {command!r}")
 
-    return PublisherReport(work.messages, started, finished, 1)
+    return PublisherReport(work.messages, started, finished, 1, cpu=cpu)

@@ -10,6 +10,10 @@ Metrics of one run (rates in messages per second):
 * ``total_rate`` -- all messages every subscriber received, over the span from the
   first arrival anywhere to the last one anywhere (one host-wide clock);
 * ``loss`` -- the mean over subscribers of ``1 - received / sent``;
+* ``publisher_cpu_us``, ``subscriber_cpu_us`` -- CPU microseconds per message: the
+  publisher's over its send loop, and the mean over subscribers of theirs from the
+  first message to the end (``time.process_time``; steadier than rates when other
+  processes compete for the CPU);
 * ``kernel_drops``, ``gaps``, ``overflow_drops`` -- summed over subscribers. Raw
   subscribers read kernel drops from ``/proc/net/udp`` (AF_UNIX: always 0, the kernel
   makes the sender wait instead); asyncbus's come from ``bus.statistics()``; raw has
@@ -40,6 +44,7 @@ import importlib.metadata
 import os
 import platform
 import statistics
+import subprocess
 import sys
 from typing import TYPE_CHECKING, Final
 
@@ -96,6 +101,8 @@ def run_metrics(run: CaseRun) -> Metrics:
         "slowest_subscriber_rate": min(report.rate for report in subscribers),
         "total_rate": intervals / span if span > 0 else 0.0,
         "loss": statistics.fmean(1 - report.received / sent for report in subscribers),
+        "publisher_cpu_us": 1e6 * publisher.cpu / sent if publisher.cpu else None,
+        "subscriber_cpu_us": _cpu_per_message(subscribers),
         "kernel_drops": float(sum(max(report.kernel_drops, 0) for report in subscribers)),
         "gaps": _summed(subscribers, "gaps"),
         "overflow_drops": _summed(subscribers, "overflow_drops"),
@@ -197,6 +204,7 @@ def machine() -> dict[str, object]:
         "python_implementation": platform.python_implementation(),
         "uvloop": _version("uvloop"),
         "asyncbus": getattr(asyncbus, "__version__", None) or _version("asyncbus"),
+        "asyncbus_git": _git_revision(),
         "load_average": list(os.getloadavg()),
         # What decides when the kernel drops datagrams on the way (udpm), and how
         # much an AF_UNIX receiver holds before its sender waits.
@@ -289,8 +297,8 @@ def _unix_table(cases: Sequence[tuple[Case, Sequence[CaseRun], Metrics | None]])
     lines = [
         "| transport | case | loop | fan-out | sent msg/s | delivered msg/s per sub "
         "| delivered msg/s total | loss | gaps | send drops | unaccounted "
-        "| vs raw (per sub) | vs raw (total) |",
-        "|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+        "| vs raw (per sub) | vs raw (total) | CPU us/msg pub | CPU us/msg sub |",
+        "|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
     for case, runs, ratios in cases:
         median = median_metrics(runs)
@@ -309,6 +317,8 @@ def _unix_table(cases: Sequence[tuple[Case, Sequence[CaseRun], Metrics | None]])
             _number(_largest(runs, "unaccounted")),
             _times(ratios.get("subscriber_rate")),
             _times(ratios.get("total_rate")),
+            _decimal(median["publisher_cpu_us"]),
+            _decimal(median["subscriber_cpu_us"]),
         ]
         lines.append("| " + " | ".join(cells) + " |")
 
@@ -360,6 +370,11 @@ def _bus_counter(report: object, name: str, group: str = "bus") -> int | None:
     return None
 
 
+def _cpu_per_message(reports: Sequence[SubscriberReport]) -> float | None:
+    values = [1e6 * report.cpu / report.received for report in reports if report.cpu]
+    return statistics.fmean(values) if values else None
+
+
 def _number_or_none(value: int | None) -> float | None:
     return None if value is None else float(value)
 
@@ -393,6 +408,10 @@ def _number(value: float | None) -> str:
     return "-" if value is None else f"{value:,.0f}"
 
 
+def _decimal(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
 def _percent(value: float | None, digits: int = 1) -> str:
     return "-" if value is None else f"{100 * value:.{digits}f} %"
 
@@ -406,6 +425,32 @@ def _version(distribution: str) -> str | None:
         return importlib.metadata.version(distribution)
     except importlib.metadata.PackageNotFoundError:
         return None
+
+
+def _git_revision() -> dict[str, object] | None:
+    """Return the commit of the asyncbus checkout measured, and whether it has edits."""
+    package = os.path.dirname(os.path.abspath(asyncbus.__file__))
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=package,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=10,
+        ).stdout.strip()
+        changes = subprocess.run(
+            ["git", "status", "--porcelain", "--", "."],
+            cwd=package,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=10,
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None  # not a git checkout, or no git
+
+    return {"commit": commit, "asyncbus_modified": bool(changes.strip())}
 
 
 def _cpu_model() -> str | None:
