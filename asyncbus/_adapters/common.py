@@ -67,6 +67,10 @@ class MessageReceiver:
         self.received += 1
         self._router.dispatch(message.channel, message.data, message.seq, sender)
 
+    def expect_first(self, source: Hashable) -> None:
+        """Expect message number 0 next from ``source`` (a new link), so early drops count."""
+        self._sequences.expect(source, 0)
+
     def forget_source(self, source: Hashable) -> None:
         """Forget a source's sequence numbers (it will never send again)."""
         self._sequences.forget(source)

@@ -210,6 +210,9 @@ class UNIXMemberProtocol(MessageReceiver):
         if actions is None:
             return
 
+        if self._membership.first_hello:
+            self.expect_first(source)  # a link's messages are numbered from 0
+
         self._senders = {key: s for key, s in self._senders.items() if key[0] != source}
         address = actions.peer.address
         if actions.link or not transport.has_link(address):

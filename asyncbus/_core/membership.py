@@ -116,6 +116,7 @@ class Membership:
         self._sources: dict[Hashable, bytes] = {}
         self._targets: dict[str, tuple[Target, ...]] = {}
         self.verified = 0
+        self.first_hello = False  # the last on_hello() was the first from its source
 
     def link(self, address: bytes) -> Peer:
         """Record that we opened a link to ``address`` (found at join, or on HELLO).
@@ -139,6 +140,7 @@ class Membership:
         if hello.address == self.own_address:
             return None
 
+        self.first_hello = source not in self._sources
         self._sources[source] = hello.address
         peer = self.peers.get(hello.address)
         link = peer is None

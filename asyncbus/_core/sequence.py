@@ -124,6 +124,20 @@ class SequenceTracker:
         self._restarts += 1
         return 0
 
+    def expect(self, sender: Hashable, seq: int) -> None:
+        """Say which number a sender's next message has (a link that numbers from 0).
+
+        Without this, the first message seen from a sender sets its start, so
+        messages lost before it count nowhere.
+
+        :param sender: as passed to `observe`.
+        :param seq: the number its next message should carry.
+        """
+        self._last.pop(sender, None)
+        self._last[sender] = (seq - 1) & _MASK
+        if len(self._last) > self._max_senders:
+            del self._last[next(iter(self._last))]
+
     def forget(self, sender: Hashable) -> None:
         """Forget a sender; its next message counts as its first. No-op if unknown.
 

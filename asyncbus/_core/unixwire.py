@@ -67,9 +67,10 @@ class PatternKind(IntEnum):
     """The topic equals the pattern."""
 
     GLOB = 2
-    """The pattern is a glob: ``*`` any run (also across ``/``), ``?`` one
-    character, ``[...]`` a set (``[!...]`` negated); no escapes (POSIX
-    ``fnmatch`` with ``FNM_NOESCAPE``)."""
+    """The pattern is a glob, with Python's `fnmatch` rules: ``*`` any run (also
+    across ``/``), ``?`` one character, ``[...]`` a set, ``[!...]`` its
+    complement; ``^`` in a set is an ordinary character, there are no escapes
+    and no ``[:class:]`` names."""
 
     ALL = 3
     """Every topic (the pattern is empty). A regex subscription is announced as
