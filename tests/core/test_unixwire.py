@@ -141,41 +141,21 @@ class TestEncode:
         with pytest.raises(LocalProtocolError):
             encode_subscriptions([entry] * 4000)
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason="bug: encode_subscriptions packs the entry count in a u16 before its own "
-        "count check (unixwire.py:163 vs 165), so 65536 entries raise struct.error",
-    )
     def test_more_than_65535_entries_are_refused(self) -> None:
         entry = SubscriptionEntry(PatternKind.ALL, PeerPolicy.BLOCK, "")
         with pytest.raises(LocalProtocolError, match="65536 subscriptions"):
             encode_subscriptions([entry] * 65_536)
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason="bug: encode_subscriptions packs a pattern's length in a u16 before checking "
-        "the frame size, so a pattern of 65536 bytes or more raises struct.error",
-    )
     def test_pattern_over_u16_is_a_local_protocol_error(self) -> None:
         entry = SubscriptionEntry(PatternKind.GLOB, PeerPolicy.BLOCK, "x" * 65_536 + "*")
         with pytest.raises(LocalProtocolError):
             encode_subscriptions([entry])
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason="bug: encode_subscriptions encodes patterns with str.encode() and lets "
-        "UnicodeEncodeError escape for a pattern that is not UTF-8 (lone surrogate)",
-    )
     def test_pattern_not_utf8_is_a_local_protocol_error(self) -> None:
         entry = SubscriptionEntry(PatternKind.GLOB, PeerPolicy.BLOCK, "bad\udcff*")
         with pytest.raises(LocalProtocolError):
             encode_subscriptions([entry])
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason="bug: encode_subscriptions does not check the rule decode_control enforces "
-        "(pattern empty exactly when kind is ALL), so it writes frames every peer rejects",
-    )
     @pytest.mark.parametrize(
         "entry",
         [

@@ -215,11 +215,6 @@ class TestNormalForm:
         url = address.url()
         assert unix(url).url() == url
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason="bug: UNIXAddress.url() writes stall_timeout and join_timeout with '%g' "
-        "(6 significant digits), so parse_url(a.url()) != a for e.g. 1000.001 s",
-    )
     @pytest.mark.parametrize("option", ["stall_timeout", "join_timeout"])
     @pytest.mark.parametrize("value", ["1000.001", "0.1234567"], ids=["ms", "many-digits"])
     def test_round_trip_keeps_every_digit(self, option: str, value: str) -> None:
@@ -264,11 +259,6 @@ class TestErrors:
         with pytest.raises(InvalidURLError, match=r"bad bus name .* use 1 to 64 of A-Z a-z 0-9"):
             unix(url)
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason="bug: the name rule [A-Za-z0-9_.-]{1,64} admits '.' and '..', so unix:.. is "
-        "the directory $XDG_RUNTIME_DIR/asyncbus/.. = $XDG_RUNTIME_DIR itself",
-    )
     @pytest.mark.parametrize("name", [".", ".."], ids=["dot", "dot-dot"])
     def test_dot_names_are_refused(self, name: str) -> None:
         with pytest.raises(InvalidURLError, match="bad bus name"):
@@ -310,12 +300,6 @@ class TestErrors:
         # sun_path: 108 bytes with the NUL; "/" and a member name of up to 23 bytes.
         assert MAX_DIRECTORY + 1 + 23 + 1 == 108
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason="bug: parse_url measures the directory with str.encode(), so a path from "
-        "a non-UTF-8 environment (surrogateescape) raises UnicodeEncodeError; the CLI "
-        "then prints a traceback",
-    )
     def test_directory_from_non_utf8_bytes(self) -> None:
         url = "unix:///tmp/" + b"\xff".decode("utf-8", "surrogateescape")
         try:
@@ -403,12 +387,6 @@ class TestErrors:
         with pytest.raises(ValueError, match="bad bus name"):
             unix("unix:")
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason="bug: parse_url matches schemes case-insensitively (urlsplit) but keeps the "
-        "case the URL had, so 'UNIX:@x' parses to scheme='UNIX' and Bus.open() fails "
-        "with KeyError: 'UNIX' in create_unix_endpoint",
-    )
     @pytest.mark.parametrize("url", ["UNIX:@x", "Seqpacket:@x"], ids=["upper", "mixed"])
     def test_scheme_case(self, url: str) -> None:
         try:
