@@ -98,7 +98,7 @@ async def _subscribe(work: Workload, conn: WorkerPipe) -> SubscriberReport:
         received = 0
         first = last = cpu_first = 0.0
         end_seen = False
-        end_seq = -1
+        end_seq = last_seq = -1
         deadline = asyncio.timeout(None)
         watchdog = asyncio.create_task(_watchdog(bus, deadline, work))
         try:
@@ -128,6 +128,7 @@ async def _subscribe(work: Workload, conn: WorkerPipe) -> SubscriberReport:
                             cpu_first = cpu_clock()
 
                         received += 1
+                        last_seq = message.seq
                         sleep(pause)  # the slow handler's work (blocks the loop)
         except TimeoutError:
             pass  # the watchdog: nothing arrived for idle_timeout seconds
@@ -151,6 +152,7 @@ async def _subscribe(work: Workload, conn: WorkerPipe) -> SubscriberReport:
         end_seq=end_seq,
         slow=work.slow,
         cpu=cpu,
+        last_seq=last_seq,
     )
 
 

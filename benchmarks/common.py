@@ -176,6 +176,10 @@ class SubscriberReport:
         dropped* for this subscriber before that marker.
     :param slow: whether this was the slow subscriber.
     :param cpu: CPU seconds this process used from the first message to the end.
+    :param last_seq: the sequence number of the last data message received (-1: none,
+        or not recorded: only the slow subscriber records it). With ``drop_oldest`` the
+        newest messages survive (it is ``messages - 1``); ``drop_newest`` takes a new
+        message only when the reader has freed room, so it is older.
     """
 
     received: int
@@ -187,6 +191,7 @@ class SubscriberReport:
     end_seq: int = -1
     slow: bool = False
     cpu: float = 0.0
+    last_seq: int = -1
 
     @property
     def rate(self) -> float:

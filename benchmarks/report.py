@@ -28,7 +28,9 @@ Metrics of one run (rates in messages per second):
 
 For the slow-subscriber scenario (one fast and one slow subscriber, see
 :mod:`benchmarks.bus`) each run also has ``fast_*`` and ``slow_*`` metrics: ``rate``,
-``received``, ``lost`` (``sent - received``), ``gaps``, ``overflow_drops``; and
+``received``, ``lost`` (``sent - received``), ``gaps``, ``overflow_drops``;
+``slow_last_seq``, the sequence number of the last data message the slow one
+received (``drop_oldest`` keeps the newest messages, ``drop_newest`` does not); and
 ``drops_equal``, 1 when the publisher's ``send_drops`` equals the subscribers'
 summed ``gaps`` (every drop the publisher made was seen), else 0.
 
@@ -120,6 +122,8 @@ def run_metrics(run: CaseRun) -> Metrics:
             metrics[f"{role}_gaps"] = _summed(reports, "gaps")
             metrics[f"{role}_overflow_drops"] = _summed(reports, "overflow_drops")
 
+        newest = max(report.last_seq for report in slow)
+        metrics["slow_last_seq"] = float(newest) if newest >= 0 else None
         send_drops, gaps = metrics["send_drops"], metrics["gaps"]
         metrics["send_drops_after_data"] = _number_or_none(
             _bus_counter(publisher, "send_drops", "bus_after_data")
@@ -328,9 +332,9 @@ def _unix_table(cases: Sequence[tuple[Case, Sequence[CaseRun], Metrics | None]])
 def _slow_table(cases: Sequence[tuple[Case, Sequence[CaseRun], Metrics | None]]) -> str:
     lines = [
         "| transport | policy | loop | sent msg/s | fast: delivered / lost | fast msg/s "
-        "| slow: delivered / lost | slow msg/s | slow gaps | slow overflow drops "
-        "| publisher send_drops | send_drops = gaps | unaccounted |",
-        "|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+        "| slow: delivered / lost | slow msg/s | slow: last seq | slow gaps "
+        "| slow overflow drops | publisher send_drops | send_drops = gaps | unaccounted |",
+        "|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
     for case, runs, _ in cases:
         median = median_metrics(runs)
@@ -344,6 +348,7 @@ def _slow_table(cases: Sequence[tuple[Case, Sequence[CaseRun], Metrics | None]])
             _number(median.get("fast_rate")),
             f"{_number(median.get('slow_received'))} / {_number(median.get('slow_lost'))}",
             _number(median.get("slow_rate")),
+            _number(median.get("slow_last_seq")),
             _number(median.get("slow_gaps")),
             _number(median.get("slow_overflow_drops")),
             _number(median.get("send_drops")),

@@ -21,7 +21,7 @@ from .conftest import require
 
 ROOT = Path(__file__).resolve().parent.parent
 MESSAGES = 2_000  # tiny: the whole udpm run (6 cases, 21 processes) takes a few seconds
-SLOW_MESSAGES = 1_000  # a slow subscriber takes ~150 us a message
+SLOW_MESSAGES = 2_500  # a slow subscriber takes ~200 us a message; > peer_queue: drops
 RATES = ("send_rate", "subscriber_rate", "slowest_subscriber_rate", "total_rate")
 THROUGHPUT_NAMES = ("raw", "asyncbus-asyncio", "asyncbus-uvloop")
 UDPM_CASES = {f"{name}-1to{fanout}" for fanout in (1, 4) for name in THROUGHPUT_NAMES}
@@ -117,6 +117,7 @@ def test_quick_run_reports_every_unix_case(tmp_path: Path) -> None:
     require(_abstract_seqpacket(), "this kernel has no AF_UNIX SOCK_SEQPACKET (Linux >= 2.6.4)")
     options = ("--transport", "unix", "--transport", "seqpacket")
     document, table = _run_quick(tmp_path, *options, "--slow-messages", str(SLOW_MESSAGES))
+    assert document["settings"]["slow_messages"] == SLOW_MESSAGES
 
     cases = {case["id"]: case for case in document["cases"]}
     assert cases.keys() == UNIX_CASES | SLOW_CASES
@@ -135,6 +136,9 @@ def test_quick_run_reports_every_unix_case(tmp_path: Path) -> None:
         assert metrics["drops_equal"] == 1, f"{case_id}: send_drops != gaps: {metrics}"
         if case_id.endswith("-block"):
             assert metrics["fast_lost"] == metrics["slow_lost"] == 0, case_id
+
+        if not case_id.endswith("-drop_newest"):  # drop_oldest keeps the newest message
+            assert metrics["slow_last_seq"] == SLOW_MESSAGES - 1, f"{case_id}: {metrics}"
 
     assert "### AF_UNIX throughput" in table
     assert "### AF_UNIX, one fast and one slow subscriber" in table
