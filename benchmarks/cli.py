@@ -40,8 +40,9 @@ POLICIES: Final = ("drop_oldest", "drop_newest", "block")
 # Throughput on the AF_UNIX buses: `block` subscriptions, the lossless back-pressure
 # that matches the raw loops' blocking sends (any loss would still be counted).
 THROUGHPUT_POLICY: Final = "block"
-# The slow subscriber's work per message: time.sleep(100 us), about 150 us with the
-# kernel's default timer slack (50 us); a few thousand messages per second.
+# The slow subscriber's work per message: time.sleep(100 us), which takes longer (the
+# kernel's default timer slack is 50 us): measured 180-200 us a message in all, about
+# 5,000 messages per second.
 SLOW_WORK: Final = 100e-6
 SLOW_LOOP: Final = "asyncio"
 
@@ -91,7 +92,7 @@ class Mode:
     :param repeats: runs per case; the result is the median.
     :param idle_timeout: seconds of silence after which a subscriber gives up.
     :param slow_messages: data messages per slow-subscriber run (with ``block`` the
-        slow subscriber sets the pace: about 150 us a message).
+        slow subscriber sets the pace: about 200 us a message).
     """
 
     name: str
@@ -121,7 +122,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     scenarios = args.scenario or SCENARIOS
     cases = select_cases(transports, scenarios, args.policy)
     if not cases:
-        print("no case selected: slow-subscriber cases exist for unix and seqpacket only")
+        print(
+            "no case selected: slow-subscriber cases exist for unix and seqpacket only",
+            file=sys.stderr,
+        )
         return 2
 
     settings: dict[str, object] = {
