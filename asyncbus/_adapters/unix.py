@@ -53,6 +53,7 @@ _SHORT_HEADER: Final = lcm.SHORT_HEADER
 _SHORT_MAGIC: Final = lcm.Magic.SHORT
 _SHORT_PREFIX: Final = _SHORT_MAGIC.to_bytes(4, "big")
 _SENDER_CACHE_LIMIT: Final = 4096
+_BYE_GRACE: Final = 1.0  # seconds aclose() gives slow peers to read its BYE
 _POLICIES: Final = {
     OverflowPolicy.DROP_OLDEST: PeerPolicy.DROP_OLDEST,
     OverflowPolicy.DROP_NEWEST: PeerPolicy.DROP_NEWEST,
@@ -156,6 +157,14 @@ class UNIXMemberProtocol(MessageReceiver):
             self._wake_room(address)
 
     def link_lost(self, address: bytes, exc: OSError | None) -> None:
+        if isinstance(self._transport, UNIXSeqpacketTransport) and self._membership.has_source(
+            address
+        ):
+            # Its connection to us ends too, after the BYE it may carry (frames on
+            # one connection keep their order; two connections do not): decide there.
+            self._wake_room(address)
+            return
+
         self._lose(address, lost=True)
 
     def error_received(self, exc: OSError) -> None:
@@ -342,9 +351,36 @@ class UNIXMemberProtocol(MessageReceiver):
                     if handle is not None:
                         handle.cancel()
         finally:
-            self.send_drops += transport.total_queued()
+            # Give up what is still queued (counted), so that BYE is the next frame
+            # out, and give slow peers a moment to read it.
+            for address in list(self._membership.peers):
+                self.send_drops += transport.clear_queue(address)
+
             transport.send_all(encode_bye())
+            if not transport.is_closing():
+                await self._flush_bye(transport)
+
             transport.close()
+
+    async def _flush_bye(self, transport: Transport) -> None:
+        assert self._loop is not None
+        grace = min(self._bus.stall_timeout or _BYE_GRACE, _BYE_GRACE)
+        deadline = self._loop.time() + grace
+        while transport.total_queued() and not transport.is_closing():
+            remaining = deadline - self._loop.time()
+            if remaining <= 0:
+                return
+
+            waiter = self._loop.create_future()
+            for address in list(self._membership.peers):
+                if transport.queued(address):
+                    self._room_waiters.setdefault(address, []).append(waiter)
+
+            handle = self._loop.call_later(remaining, _resolve, waiter)
+            try:
+                await waiter
+            finally:
+                handle.cancel()
 
     # -- subscriptions ------------------------------------------------------
 

@@ -185,6 +185,14 @@ class Membership:
         address = self._sources.get(source)
         return None if address is None else self.peers.get(address)
 
+    def has_source(self, address: bytes) -> bool:
+        """Tell whether a source that said HELLO for ``address`` is still known.
+
+        :param address: a peer's ``sun_path``.
+        :return: ``True`` if one is.
+        """
+        return address in self._sources.values()
+
     def forget_source(self, source: Hashable) -> None:
         """Forget a source (its connection ended, or it said BYE).
 

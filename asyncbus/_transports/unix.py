@@ -31,6 +31,7 @@ import contextlib
 import errno
 import os
 import secrets
+import select
 import socket
 import stat
 import struct
@@ -269,6 +270,14 @@ def remove_if_stale(path: bytes, kind: int) -> bool:
         probe.close()
 
     return False
+
+
+def _hung_up(sock: socket.socket) -> bool:
+    # recv() returns 0 both for an empty seqpacket record and at end of file;
+    # only the poll state tells them apart.
+    poller = select.poll()
+    poller.register(sock, select.POLLIN | select.POLLRDHUP)
+    return any(events & (select.POLLHUP | select.POLLRDHUP) for _, events in poller.poll(0))
 
 
 def _size(message: Frames) -> int:
@@ -541,6 +550,20 @@ class _UNIXBusTransport(asyncio.BaseTransport):
 
         self._dequeued(link, _size(victim))
         return True
+
+    def clear_queue(self, address: bytes) -> int:
+        """Drop every message queued for a peer (one partly sent is cut short).
+
+        :return: how many were dropped.
+        """
+        link = self._links.get(address)
+        if link is None:
+            return 0
+
+        dropped = len(link.queue)
+        link.queue.clear()
+        self._dequeued(link, link.size)
+        return dropped
 
     def send(self, address: bytes, message: Frames) -> bool:
         """Send one message to a peer, or queue it behind what is waiting.
@@ -935,7 +958,7 @@ class UNIXSeqpacketTransport(_UNIXBusTransport):
                 self._end_inbound(inbound, exc)
                 return
 
-            if size == 0:
+            if size == 0 and _hung_up(sock):
                 self._end_inbound(inbound, None)
                 return
 
