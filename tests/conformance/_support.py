@@ -201,6 +201,7 @@ class Transport(Kind):
         sock = socket.socket(socket.AF_UNIX, kind)
         try:
             sock.connect(self.socket_address(member.sender.address))
+            sock.setblocking(False)
         except BaseException:
             sock.close()
             raise
@@ -215,16 +216,33 @@ class RawPeer:
         self._sock = sock
         self._multicast = multicast
 
-    def send(self, frame: bytes) -> None:
-        """Send one frame (datagram or record).
+    async def send(self, frame: bytes) -> None:
+        """Send one frame (datagram or record), waiting while the receiver is full.
 
         :param frame: the bytes.
         """
         if self._multicast is not None:
             self._multicast.send(frame)
-        else:
-            assert self._sock is not None
-            self._sock.send(frame)
+            return
+
+        sock = self._sock
+        assert sock is not None
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                sock.send(frame)  # not loop.sock_sendall: uvloop sends nothing for b""
+                return
+            except BlockingIOError:
+                pass
+
+            # A unix datagram receiver holds max_dgram_qlen (often 10): wait, in
+            # the loop, for the member (maybe in this loop too) to read.
+            writable = loop.create_future()
+            loop.add_writer(sock.fileno(), _resolve, writable)
+            try:
+                await writable
+            finally:
+                loop.remove_writer(sock.fileno())
 
     def close(self) -> None:
         """Close the socket."""
@@ -239,6 +257,11 @@ class RawPeer:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 class Member:
@@ -464,8 +487,12 @@ def take_socket(pid: int, path: str) -> socket.socket:
     :raises OSError: if the kernel refuses (``pidfd_getfd`` needs Linux 5.6 and
         ptrace rights over the process) or no such socket exists.
     """
+    # A directory member binds under a hidden name (".NAME") and renames its file
+    # when ready; /proc/net/unix shows the name it was bound to.
+    directory, name = os.path.split(path)
+    names = {path, os.path.join(directory, "." + name)}
     with open("/proc/net/unix", encoding="utf-8", errors="replace") as table:
-        inodes = [f[6] for f in (line.split() for line in table) if f[7:8] == [path]]
+        inodes = [f[6] for f in (line.split() for line in table) if f[7:8] and f[7] in names]
 
     if not inodes:
         raise FileNotFoundError(errno.ENOENT, "no socket bound there", path)

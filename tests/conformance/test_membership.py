@@ -129,19 +129,7 @@ class TestDeath:
         assert (stats.peers, stats.peers_lost, stats.published) == (0, 1, 0)
 
     @transports(socket_files=True)
-    async def test_killed_members_file_is_removed(
-        self, transport: Transport, request: pytest.FixtureRequest
-    ) -> None:
-        if transport.connections:
-            request.applymarker(
-                pytest.mark.xfail(
-                    strict=True,
-                    reason="bug: a seqpacket member that sees a peer's connections end probes "
-                    "its socket file once, at once; the dying process's listener may still "
-                    "exist then, and the file is never removed",
-                )
-            )
-
+    async def test_killed_members_file_is_removed(self, transport: Transport) -> None:
         url = transport.url()
         async with asyncbus.connect(url) as bus, Member("subscribe", url, "beat") as doomed:
             ready = await doomed.event("ready")
@@ -149,8 +137,9 @@ class TestDeath:
             held = None
             if transport.connections:
                 # The kernel releases a killed process's sockets one by one, its
-                # listener last (most runs: the file stays). Holding a copy of the
-                # listener until the bus has seen the death makes that certain.
+                # listener last: the bus may see the connections end while the
+                # file still has a listener. Holding a copy of the listener until
+                # the bus has seen the death makes that race certain.
                 try:
                     held = take_socket(doomed.pid, ready["address"])
                 except OSError as exc:

@@ -217,18 +217,8 @@ class TestPublisherSide:
         assert bus.statistics().send_drops - dropped_by_policy == PEER_QUEUE
         assert got == list(range(MAXSIZE))
 
-    async def test_bye_reaches_a_peer_that_was_slow(
-        self, transport: Transport, request: pytest.FixtureRequest
-    ) -> None:
+    async def test_bye_reaches_a_peer_that_was_slow(self, transport: Transport) -> None:
         """A member closes while a peer's socket is full, and the peer then reads again."""
-        request.applymarker(
-            pytest.mark.xfail(
-                strict=True,
-                reason="bug: aclose() queues BYE behind the messages it gives up for a slow "
-                "peer and drops it with them; the peer keeps the member as a peer (unix) "
-                "or counts it in peers_lost (seqpacket)",
-            )
-        )
         url = transport.url(peer_queue=PEER_QUEUE, stall_timeout=STALL)
         async with (
             asyncbus.connect(url) as slow,
