@@ -1,4 +1,5 @@
-"""Who may use a unix bus: directory checks, other users, and kernel-attested senders.
+"""Who may use a unix bus: directory checks, other users, and kernel-attested senders;
+and, seen from a raw socket, what a member sends and in which order.
 
 Real sockets and real processes. The tests that need a second user run a child as uid
 65534 (``setpriv``, so root), which must be able to read this checkout and the
@@ -723,3 +724,80 @@ class TestSender:
 
             assert message.sender == asyncbus.Sender(**ready["sender"])
             assert message.sender.pid == publisher.pid
+
+
+# --- what a member sends, in which order --------------------------------------------------
+
+
+async def readable(sock: socket.socket) -> None:
+    """Wait until ``sock`` has something to read."""
+    loop = asyncio.get_running_loop()
+    ready: asyncio.Future[None] = loop.create_future()
+    loop.add_reader(sock.fileno(), lambda: ready.done() or ready.set_result(None))
+    try:
+        await ready
+    finally:
+        loop.remove_reader(sock.fileno())
+
+
+def drain(sock: socket.socket) -> list[bytes]:
+    frames = []
+    while True:
+        try:
+            frames.append(sock.recv(65_536))
+        except BlockingIOError:
+            return frames
+
+
+def _subscribe_all_frame() -> bytes:
+    return b"ABSB\x00\x01\x03\x00\x00\x00"  # one entry: ALL, drop_oldest, no pattern
+
+
+class TestWireOrder:
+    """A raw-socket member of the victim's own user records what an asyncbus member
+    sends it, frame by frame, in order (one ``unix:`` link keeps the order)."""
+
+    @pytest.mark.xfail(
+        strict=True,
+        reason="bug: subscribe() only schedules SUBSCRIBE (call_soon in "
+        "UNIXMemberProtocol.subscriptions_changed), so a message published right after "
+        "it goes out first, and a reply to that message can be dropped by a responder "
+        "that does not know the new subscription yet (request/response loses the reply)",
+    )
+    async def test_subscribe_goes_out_before_later_publications(self) -> None:
+        name = unique_name()
+        raw_address = f"\0asyncbus/{name}/raw-{secrets.token_hex(4)}".encode()
+        with (
+            socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as raw,
+            socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as link,
+        ):
+            raw.bind(raw_address)
+            raw.setblocking(False)
+            async with asyncbus.connect(f"unix:@{name}?join_timeout=0") as bus:
+                assert bus.sender is not None
+                (hello,) = drain(raw)  # it found us at join
+                assert decode_control(hello) == Hello(
+                    ("\0" + bus.sender.address[1:]).encode(), True
+                )
+                # Answer like a member: HELLO, then SUBSCRIBE (every topic).
+                link.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+                link.connect(("\0" + bus.sender.address[1:]).encode())
+                link.send(b"ABHL\x01\x00" + len(raw_address).to_bytes(2, "big") + raw_address)
+                link.send(_subscribe_all_frame())
+                async with asyncio.timeout(TIMEOUT):
+                    await bus.topic("request").wait_subscribers(1)
+
+                async with bus.subscribe("reply"):
+                    await bus.publish("request", b"?")
+                    frames: list[bytes] = []
+                    async with asyncio.timeout(TIMEOUT):
+                        while not any(b"reply" in frame for frame in frames):
+                            await readable(raw)
+                            frames += drain(raw)
+
+        kinds = [frame[:4] for frame in frames]
+        request = kinds.index(b"LC02")
+        subscribe_reply = next(
+            i for i, f in enumerate(frames) if f[:4] == b"ABSB" and b"reply" in f
+        )
+        assert subscribe_reply < request, kinds
