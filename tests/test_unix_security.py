@@ -562,6 +562,45 @@ class TestAnotherUser:
                 assert victim.statistics().rejected == 0
                 assert victim.statistics().peers == 1
 
+    @pytest.mark.xfail(
+        strict=True,
+        reason="bug: a HELLO's address is not bound to its sender's credentials "
+        "(Membership.on_hello maps any accepted source to any address), so an allowed "
+        "user can speak for another member: its empty SUBSCRIBE silently unsubscribes "
+        "that member at every publisher (its BYE would make them forget it)",
+    )
+    @SCHEMES
+    async def test_allowed_user_cannot_speak_for_another_member(self, scheme: str) -> None:
+        require_second_user()
+        name = unique_name()
+        url = f"{scheme}:@{name}?allow_uids={NOBODY}"
+        async with (
+            asyncbus.connect(url) as victim,
+            victim.subscribe("fence") as fenced,
+            asyncbus.connect(url) as member_bus,
+            member_bus.subscribe("t") as wanted,
+        ):
+            assert member_bus.sender is not None
+            async with asyncio.timeout(TIMEOUT):
+                await victim.topic("t").wait_subscribers(1)
+
+            intruder_args = ("--bus", name, "--scheme", scheme)
+            async with child("tests.peers.unix_intruder", *intruder_args, uid=NOBODY) as other:
+                await other.expect("ready")
+                address = ("\0" + member_bus.sender.address[1:]).encode()
+                spoke = await other.ask(f"speak-for {address.hex()}", "spoke")
+                assert victim.sender is not None
+                assert victim.sender.address[1:] in spoke["targets"]
+                await fence(url, fenced)
+
+            # The member never said it wants less: the victim must still send it "t".
+            async with asyncio.timeout(ABSENT):
+                await victim.topic("t").wait_subscribers(1)
+
+            await victim.publish("t", b"still yours")
+            async with asyncio.timeout(TIMEOUT):
+                assert (await wanted.receive()).data == b"still yours"
+
     @SCHEMES
     async def test_other_user_cannot_reach_a_directory_bus(
         self, scheme: str, shared_tmp: Path

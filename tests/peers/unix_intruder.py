@@ -8,6 +8,9 @@ members that join after it find it, and waits for commands on stdin, one per lin
   (with REPLY), SUBSCRIBE (every topic), a message on topic ``t`` and BYE, then try to
   send a message with forged credentials (uid 0). Answers
   ``{"event": "attacked", "targets": [...], "sent": {...}, "forged": ERRNO-NAME|"sent"}``.
+* ``speak-for HEX``: claim to be the member whose address is the hex string: send every
+  other member HELLO (without REPLY) with that address, then an empty SUBSCRIBE (it
+  wants nothing any more). Answers ``{"event": "spoke", "targets": [...], "sent": {...}}``.
 * ``report``: read everything that reached this stranger so far (accepting pending
   connections on ``seqpacket``). Answers ``{"event": "report", "frames": [HEX, ...],
   "connections": N}``.
@@ -111,6 +114,23 @@ class Intruder:
 
         say(event="attacked", targets=sorted(sent), sent=sent, forged=forged)
 
+    def speak_for(self, address: bytes) -> None:
+        hello = b"ABHL" + struct.pack(">BBH", 1, 0, len(address)) + address
+        nothing = b"ABSB" + struct.pack(">H", 0)
+        sent: dict[str, list[str]] = {}
+        for target in members(self.bus, self.scheme, self.own):
+            if target == address:
+                continue
+
+            link = socket.socket(socket.AF_UNIX, self.kind)
+            link.settimeout(5)
+            self.links.append(link)
+            results = [outcome(link.connect, target)]
+            results.extend(outcome(link.send, frame) for frame in (hello, nothing))
+            sent[target[1:].decode()] = results
+
+        say(event="spoke", targets=sorted(sent), sent=sent)
+
     def report(self) -> None:
         received: list[str] = []
         if self.kind == socket.SOCK_DGRAM:
@@ -166,6 +186,8 @@ def main() -> None:
             command = line.strip()
             if command == "attack":
                 intruder.attack()
+            elif command.startswith("speak-for "):
+                intruder.speak_for(bytes.fromhex(command.split()[1]))
             elif command == "report":
                 intruder.report()
             elif command == "quit":
