@@ -75,6 +75,9 @@ class Kind:
         datagram (AF_UNIX; an IPv4 UDP payload stops at 65,507 bytes).
     :ivar per_link_seq: sequence numbers count per publisher-to-subscriber link
         (what one subscriber was sent), not per publisher.
+    :ivar publisher_filters: publishers send a message only to the members whose
+        subscriptions match its topic (``udpm`` sends everything to everyone,
+        and each member drops what it did not subscribe to).
     :ivar connections: members are connected (``seqpacket``): a member's death
         is seen at once, as the end of its connections, with nothing to send
         (``unix`` sees it at the next send to it).
@@ -90,6 +93,7 @@ class Kind:
     socket_files: bool = False
     frames_over_64k: bool = False
     per_link_seq: bool = False
+    publisher_filters: bool = False
     connections: bool = False
 
 
@@ -100,6 +104,7 @@ _UNIX = {
     "peer_policies": True,
     "frames_over_64k": True,
     "per_link_seq": True,
+    "publisher_filters": True,
 }
 
 KINDS: tuple[Kind, ...] = (

@@ -8,13 +8,16 @@ unix transports; on ``udpm`` a subscriber hears everything sent after its
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
+import re
 
 import pytest
 
 import asyncbus
 from tests._bus_support import can_buffer, receive, receive_many
-from tests.conformance._support import Member, Publisher, Transport, index_of, payload
+from tests.conformance._support import Member, Publisher, Transport, drain, index_of, payload
 from tests.conformance.member import digest
 
 ORDERED = 2000  # messages in the ordering tests
@@ -100,6 +103,40 @@ class TestOrder:
         assert (stats.received, stats.gaps, stats.reordered) == (ORDERED, 0, 0)
         assert (stats.kernel_drops, sent["published"], sent["send_drops"]) == (0, ORDERED, 0)
 
+    async def test_several_publishers_each_in_order(self, transport: Transport) -> None:
+        count, publishers = 300, 3
+        url = transport.url()
+        async with (
+            asyncbus.connect(url) as subscriber,
+            subscriber.subscribe("many", maxsize=count * publishers, policy="block") as sub,
+            contextlib.AsyncExitStack() as stack,
+        ):
+            buses = [asyncbus.connect(url) for _ in range(publishers)]
+            for bus in buses:
+                await stack.enter_async_context(bus)
+
+            for bus in buses:
+                await transport.subscribed(bus, "many")
+
+            async def publish(bus: asyncbus.Bus) -> None:
+                for index in range(count):
+                    await bus.publish("many", payload(index, 64))
+
+            async with asyncio.TaskGroup() as tasks:
+                for bus in buses:
+                    tasks.create_task(publish(bus))
+
+            messages = await receive_many(sub, count * publishers)
+            stats = subscriber.statistics()
+
+        by_sender: dict[asyncbus.Sender, list[int | None]] = {}
+        for msg in messages:
+            by_sender.setdefault(msg.sender, []).append(index_of(msg.data))
+
+        assert set(by_sender) == {expected_sender(transport, bus) for bus in buses}
+        assert all(indices == list(range(count)) for indices in by_sender.values())
+        assert (stats.received, stats.gaps, stats.reordered) == (count * publishers, 0, 0)
+
 
 class TestFanOut:
     async def test_three_processes_get_everything(self, transport: Transport) -> None:
@@ -133,6 +170,76 @@ class TestFanOut:
                 assert (stats["gaps"], stats["incomplete"], stats["malformed"]) == (0, 0, 0)
 
             assert bus.statistics().send_drops == 0
+
+
+class TestPatterns:
+    async def test_exact_glob_and_regex_match_alike(self, transport: Transport) -> None:
+        topics = ["sensors/temp1", "sensors/temp2", "sensors/humidity", "status", "other"]
+        url = transport.url()
+        async with (
+            asyncbus.connect(url) as publisher,
+            asyncbus.connect(url) as subscriber,
+            subscriber.subscribe("status") as exact,
+            subscriber.subscribe("sensors/*") as glob,
+            subscriber.subscribe(re.compile(r"sensors/temp\d+")) as regex,
+            subscriber.subscribe("fence") as fence,
+        ):
+            for topic in ["status", "sensors/temp1", "fence"]:
+                await transport.subscribed(publisher, topic)
+
+            for topic in topics:
+                await publisher.publish(topic, topic.encode())
+
+            await publisher.publish("fence", b"")
+            await receive(fence)  # one publisher's messages arrive in order
+            got = {
+                name: [msg.topic for msg in drain(sub)]
+                for name, sub in [("exact", exact), ("glob", glob), ("regex", regex)]
+            }
+
+        assert got == {
+            "exact": ["status"],
+            "glob": ["sensors/temp1", "sensors/temp2", "sensors/humidity"],
+            "regex": ["sensors/temp1", "sensors/temp2"],
+        }
+
+    async def test_any_topic_name_the_wire_carries(self, transport: Transport) -> None:
+        names = ["a", "x" * 63, "température/é", "with space", "日本語", "a.b-c_d/e:f"]
+        url = transport.url()
+        async with (
+            asyncbus.connect(url) as publisher,
+            asyncbus.connect(url) as subscriber,
+            contextlib.AsyncExitStack() as stack,
+        ):
+            subs = [await stack.enter_async_context(subscriber.subscribe(n)) for n in names]
+            for name in names:
+                await transport.subscribed(publisher, name)
+                await publisher.publish(name, name.encode())
+
+            got = [(await receive(sub)).topic for sub in subs]
+
+        assert got == names
+
+    async def test_a_member_gets_only_what_it_wants(self, transport: Transport) -> None:
+        url = transport.url()
+        async with (
+            asyncbus.connect(url) as publisher,
+            asyncbus.connect(url) as subscriber,
+            subscriber.subscribe("wanted") as sub,
+        ):
+            await transport.subscribed(publisher, "wanted")
+            for _ in range(5):
+                await publisher.publish("unwanted", b"no")
+
+            await publisher.publish("wanted", b"yes")
+            msg = await receive(sub)
+            stats = subscriber.statistics()
+
+        assert msg.data == b"yes"
+        if transport.publisher_filters:
+            assert (stats.received, stats.unmatched) == (1, 0)  # never sent to it
+        else:
+            assert (stats.received, stats.unmatched) == (6, 5)  # received, then dropped
 
 
 class TestLateJoin:
