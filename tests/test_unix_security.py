@@ -492,6 +492,36 @@ class TestAnotherUser:
             assert frames == []  # connections are closed once their credentials are seen
             assert report["connections"] == 3
 
+    @pytest.mark.parametrize(
+        "scheme",
+        [
+            pytest.param(
+                "unix",
+                marks=pytest.mark.xfail(
+                    strict=True,
+                    reason="bug: on abstract unix: buses, list_members() links every socket "
+                    "with the bus's prefix and join() waits for each to answer, so any local "
+                    "user who binds one such socket makes every open() wait join_timeout "
+                    "(and receive its HELLO); seqpacket refuses it at connect",
+                ),
+            ),
+            "seqpacket",
+        ],
+    )
+    async def test_stranger_socket_does_not_hold_up_open(self, scheme: str) -> None:
+        require_second_user()
+        name = unique_name()
+        join_timeout = 5.0
+        intruder_args = ("--bus", name, "--scheme", scheme)
+        async with child("tests.peers.unix_intruder", *intruder_args, uid=NOBODY) as intruder:
+            await intruder.expect("ready")
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            async with asyncbus.connect(f"{scheme}:@{name}", join_timeout=join_timeout):
+                took = loop.time() - started
+
+        assert took < join_timeout / 2, f"open() took {took:.2f} s"
+
     @SCHEMES
     async def test_asyncbus_member_of_another_user_cannot_join(self, scheme: str) -> None:
         require_second_user()
@@ -561,6 +591,28 @@ class TestAnotherUser:
                 assert got.sender == asyncbus.Sender(**ready["sender"])
                 assert victim.statistics().rejected == 0
                 assert victim.statistics().peers == 1
+
+    @SCHEMES
+    async def test_allowed_gid_joins(self, scheme: str) -> None:
+        require_second_user()
+        name = unique_name()
+        victim_url = f"{scheme}:@{name}?allow_gids={NOBODY}"
+        their_url = f"{scheme}:@{name}?allow_gids={os.getgid()}"
+        async with (
+            member(their_url, uid=NOBODY) as other,
+            asyncbus.connect(victim_url) as victim,
+            victim.subscribe("to-me") as mine,
+        ):
+            ready = await other.expect("ready")
+            command = {"do": "wait_subscribers", "topic": "to-me", "count": 1}
+            assert (await other.ask(command | {"timeout": TIMEOUT}, "subscribers"))["ok"]
+            await other.ask({"do": "publish", "topic": "to-me", "data": "by group"}, "published")
+            async with asyncio.timeout(TIMEOUT):
+                got = await mine.receive()
+
+            assert got.data == b"by group"
+            assert got.sender == asyncbus.Sender(**ready["sender"])
+            assert (got.sender.uid, got.sender.gid) == (NOBODY, NOBODY)
 
     @pytest.mark.xfail(
         strict=True,
