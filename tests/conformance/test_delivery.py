@@ -241,6 +241,34 @@ class TestPatterns:
         else:
             assert (stats.received, stats.unmatched) == (6, 5)  # received, then dropped
 
+    async def test_unsubscribing_stops_the_traffic(self, transport: Transport) -> None:
+        url = transport.url()
+        async with (
+            asyncbus.connect(url) as publisher,
+            asyncbus.connect(url) as subscriber,
+            subscriber.subscribe("marker") as marker,
+        ):
+            async with subscriber.subscribe("t") as sub:
+                await transport.subscribed(publisher, "t")
+                await publisher.publish("t", b"wanted")
+                assert (await receive(sub)).data == b"wanted"
+
+            async with subscriber.subscribe("marker2") as marker2:
+                # One SUBSCRIBE frame carries the whole set, in order after the
+                # last: once "marker2" is known there, so is the end of "t".
+                await transport.subscribed(publisher, "marker2")
+                await publisher.publish("t", b"unwanted")
+                await publisher.publish("marker2", b"fence")
+                await receive(marker2)
+
+            stats = subscriber.statistics()
+
+        assert marker.statistics().delivered == 0  # (it keeps a udpm member in the group)
+        if transport.publisher_filters:
+            assert (stats.received, stats.unmatched) == (2, 0)
+        else:
+            assert (stats.received, stats.unmatched) == (3, 1)
+
 
 class TestLateJoin:
     async def test_gets_what_follows_its_join_and_nothing_before(

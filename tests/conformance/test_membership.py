@@ -54,6 +54,24 @@ class TestMembership:
 
         assert counts == (1, 1)
 
+    async def test_a_stopped_member_joins_when_it_resumes(self, transport: Transport) -> None:
+        url = transport.url()
+        async with Member("subscribe", url, "t", "--count", "3") as member:
+            await member.event("ready")
+            await member.stop()
+            # open() waits join_timeout for the members it found, then goes on.
+            async with asyncbus.connect(transport.url(join_timeout=0.1)) as bus:
+                assert bus.statistics().peers == 0
+                member.resume()
+                await transport.subscribed(bus, "t")  # its late answer makes it a peer
+                for index in range(3):
+                    await bus.publish("t", payload(index, 64))
+
+                done = await member.event("done")
+
+        assert done["indices"] == [0, 1, 2]
+        assert done["statistics"]["gaps"] == 0
+
     async def test_member_that_leaves_is_forgotten(self, transport: Transport) -> None:
         url = transport.url()
         async with asyncbus.connect(url) as bus, Member("idle", url) as member:

@@ -157,6 +157,32 @@ class TestPublisherSide:
         assert (sent.published, sent.send_drops) == (BURST, 0)
         assert (stats.gaps, stats.overflow_drops) == (0, 0)
 
+    async def test_the_strongest_policy_of_a_member_wins(self, transport: Transport) -> None:
+        """A member with a ``drop_newest`` and a ``block`` subscription on a topic: block."""
+        url = transport.url(peer_queue=PEER_QUEUE, stall_timeout=STALL)
+        async with (
+            asyncbus.connect(url) as bus,
+            asyncbus.connect(url) as slow,
+            slow.subscribe("data", maxsize=BURST, policy="drop_newest") as dropping,
+            slow.subscribe("d*", maxsize=BURST, policy="block") as blocking,
+            slow.subscribe("stuck", maxsize=1, policy="block") as stuck,
+        ):
+            await transport.subscribed(bus, "data")
+            await transport.subscribed(bus, "stuck")
+            await bus.publish("stuck", b"fills it")  # the slow bus stops reading
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            async with asyncio.timeout(TIMEOUT):
+                await publish_burst(bus)
+
+            elapsed = loop.time() - started
+            await receive(stuck)
+            drops = bus.statistics().send_drops
+            both = [await receive_many(sub, BURST - drops) for sub in (dropping, blocking)]
+
+        assert elapsed >= STALL * 0.9, "publish() dropped at once: drop_newest won over block"
+        assert both[0] == both[1]
+
     async def test_stall_timeout_bounds_the_wait(self, transport: Transport) -> None:
         url = transport.url(peer_queue=PEER_QUEUE, stall_timeout=STALL)
         async with (
