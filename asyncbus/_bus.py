@@ -443,9 +443,12 @@ class Bus:
 
         await self._publish(topic, channel, data)
 
-    def _interests_changed(self) -> None:
+    def _interests_changed(self, added: bool) -> None:
         if self._unix is not None:
-            self._unix.subscriptions_changed()
+            # A new subscription goes out now, ahead of anything this member
+            # publishes next (a request's reply must find it); a removal may wait
+            # a loop turn (it can come from a finalizer).
+            self._unix.subscriptions_changed(now=added)
 
     async def _wait_members(self, count: int, topic: str | None) -> None:
         if isinstance(count, bool) or not isinstance(count, int) or count < 1:

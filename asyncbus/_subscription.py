@@ -203,7 +203,7 @@ class _Router:
     def __init__(
         self,
         set_blocked: Callable[[bool], None],
-        changed: Callable[[], None] | None = None,
+        changed: Callable[[bool], None] | None = None,
     ) -> None:
         self._set_blocked = set_blocked
         self._changed = changed
@@ -230,7 +230,7 @@ class _Router:
         if self._ended is not None:
             inbox.end(self._ended)
         elif self._changed is not None:
-            self._changed()
+            self._changed(True)
 
     def remove(self, inbox: _Inbox) -> None:
         if inbox.router is not self:
@@ -252,7 +252,7 @@ class _Router:
         self.retired_dropped += inbox.dropped
         self.unblock(inbox)
         if self._changed is not None and self._ended is None:
-            self._changed()
+            self._changed(False)
 
     def interests(self) -> list[tuple[TopicPattern, OverflowPolicy]]:
         """Return the pattern and policy of every open subscription."""

@@ -384,8 +384,16 @@ class UNIXMemberProtocol(MessageReceiver):
 
     # -- subscriptions ------------------------------------------------------
 
-    def subscriptions_changed(self) -> None:
-        """Send our new subscription set to every verified peer (on the next turn)."""
+    def subscriptions_changed(self, *, now: bool) -> None:
+        """Send our new subscription set to every verified peer.
+
+        :param now: send it at once, else on the next loop turn (several
+            changes then go out as one frame).
+        """
+        if now:
+            self._send_subscriptions()
+            return
+
         if self._subscriptions_pending or self._loop is None:
             return
 

@@ -157,9 +157,15 @@ def _make_private(path: str) -> None:
         raise BusPermissionError(f"cannot create bus directory {path!r}: {exc.strerror}") from exc
 
     try:
-        info = os.stat(path)
+        info = os.lstat(path)  # not stat: another user's symlink must not lead us elsewhere
     except OSError as exc:
         raise BusPermissionError(f"cannot use bus directory {path!r}: {exc.strerror}") from exc
+
+    if stat.S_ISLNK(info.st_mode):
+        raise BusPermissionError(
+            f"bus directory {path!r} is a symbolic link; refusing it (whoever made it "
+            f"chose where the bus lives): name the real directory"
+        )
 
     if not stat.S_ISDIR(info.st_mode):
         raise BusPermissionError(f"bus directory {path!r} is not a directory")
