@@ -178,6 +178,31 @@ class TestPubSub:
         assert records[0]["sender"] != records[2]["sender"]
 
 
+class TestChat:
+    @SCHEMES
+    def test_two_people(self, scheme: str) -> None:
+        url = abstract_url(scheme)
+        with CLI("chat", "alice", "--url", url) as alice:
+            alice.expect("joined 'chat'", stream="stderr")
+            with CLI("chat", "bob", "--url", url) as bob:
+                bob.expect("joined 'chat'", stream="stderr")
+                alice.expect("* bob joined")
+                alice.send("hello from alice")
+                bob.expect("alice: hello from alice")
+                bob.send("hi from bob")
+                alice.expect("bob: hi from bob")
+                alice.close_stdin()
+                assert alice.wait() == 0, alice.output()
+                bob.expect("* alice left")
+                bob.close_stdin()
+                assert bob.wait() == 0, bob.output()
+
+        assert alice.lines["stdout"] == ["* bob joined", "bob: hi from bob"]
+        assert bob.lines["stdout"] == ["alice: hello from alice", "* alice left"]
+        for person in (alice, bob):
+            assert len(person.lines["stderr"]) == 1, person.output()
+
+
 class TestLimits:
     @pytest.mark.xfail(
         strict=True,
