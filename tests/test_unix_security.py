@@ -207,13 +207,6 @@ def shared_tmp() -> Iterator[Path]:
         shutil.rmtree(path, ignore_errors=True)
 
 
-_PROTECTED_SYMLINKS = (
-    Path("/proc/sys/fs/protected_symlinks").read_text().strip()
-    if os.path.exists("/proc/sys/fs/protected_symlinks")
-    else "1"
-)
-
-
 def _exists(path: str) -> bool:
     return os.path.lexists(path)
 
@@ -397,20 +390,15 @@ class TestDirectoryChecks:
         assert repr(base) in message
         assert f"belongs to uid {NOBODY}, not to this user (uid {uid})" in message
 
-    @pytest.mark.xfail(
-        _PROTECTED_SYMLINKS == "0",
-        strict=True,
-        reason="bug: _make_private follows symlinks (os.stat): with fs.protected_symlinks=0 "
-        "another user's symlink /tmp/asyncbus-UID -> any directory of this user is "
-        "accepted, and the bus is made there",
-    )
     async def test_per_user_base_in_tmp_is_a_symlink_of_another_user(
         self, shared_tmp: Path, pretend_user: int
     ) -> None:
         require(os.getuid() == 0, "needs root to chown for two users: run as root")
         name = unique_name()
         _plant_symlink(pretend_user, shared_tmp / "victims-home", name)
-        await open_refused(f"unix:{name}")
+        # Fixed in 59a7e8b; before, os.stat followed the link (fs.protected_symlinks=0).
+        error = await open_refused(f"unix:{name}")
+        assert f"bus directory '/tmp/asyncbus-{pretend_user}' is a symbolic link" in str(error)
 
     async def test_dot_dot_name_stays_in_the_bus_directory(
         self, shared_tmp: Path, monkeypatch: pytest.MonkeyPatch
@@ -848,13 +836,8 @@ class TestWireOrder:
     """A raw-socket member of the victim's own user records what an asyncbus member
     sends it, frame by frame, in order (one ``unix:`` link keeps the order)."""
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason="bug: subscribe() only schedules SUBSCRIBE (call_soon in "
-        "UNIXMemberProtocol.subscriptions_changed), so a message published right after "
-        "it goes out first, and a reply to that message can be dropped by a responder "
-        "that does not know the new subscription yet (request/response loses the reply)",
-    )
+    # Fixed in 59a7e8b: before, subscribe() only scheduled SUBSCRIBE (call_soon), so a
+    # request published right after it went out first and its reply could be dropped.
     async def test_subscribe_goes_out_before_later_publications(self) -> None:
         name = unique_name()
         raw_address = f"\0asyncbus/{name}/raw-{secrets.token_hex(4)}".encode()
