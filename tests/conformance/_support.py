@@ -39,6 +39,7 @@ from tests._bus_support import (
 from tests.conformance.member import index_of, payload
 
 __all__ = [
+    "CAPABILITIES",
     "KINDS",
     "TIMEOUT",
     "Kind",
@@ -49,6 +50,7 @@ __all__ = [
     "drain",
     "index_of",
     "payload",
+    "take_socket",
 ]
 
 ABSTRACT_PREFIX = "asyncbus/"  # Linux abstract names of bus members: "\0asyncbus/NAME/..."

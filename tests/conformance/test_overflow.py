@@ -212,7 +212,8 @@ class TestPublisherSide:
         assert [index_of(msg.data) for msg in messages] == list(range(BURST - drops))
         assert stats.gaps == drops
 
-    async def test_close_waits_at_most_stall_timeout(self, transport: Transport) -> None:
+    async def test_close_with_a_stalled_peer_is_bounded(self, transport: Transport) -> None:
+        """aclose() gives queued messages up after stall_timeout (and its BYE a short grace)."""
         url = transport.url(peer_queue=PEER_QUEUE, stall_timeout=STALL)
         async with (
             asyncbus.connect(url) as slow,
