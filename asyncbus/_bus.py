@@ -181,7 +181,7 @@ class Bus:
         *,
         receive_own: bool = False,
         max_message_size: int = lcm.DEFAULT_MAX_MESSAGE_SIZE,
-        **options: str | int,
+        **options: str | int | float,
     ) -> None:
         """Describe a bus member; nothing is opened until `open`.
 
@@ -668,7 +668,7 @@ def connect(
     *,
     receive_own: bool = False,
     max_message_size: int = lcm.DEFAULT_MAX_MESSAGE_SIZE,
-    **options: str | int,
+    **options: str | int | float,
 ) -> Bus:
     """Describe a bus member to open with ``async with``.
 

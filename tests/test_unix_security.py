@@ -50,9 +50,72 @@ def unique_name() -> str:
 # --- child processes -----------------------------------------------------------------------
 
 
+# What a child of another user imports, copied to a directory anyone can read: the
+# checkout and the virtualenv may live where uid 65534 cannot look (under /root).
+_STAGED_PACKAGES = ("asyncbus", "uvloop", "anyio", "idna", "typing_extensions", "sniffio")
+_STAGED_TESTS = (
+    "__init__.py",
+    "peers/__init__.py",
+    "peers/unix_member.py",
+    "peers/unix_intruder.py",
+)
+
+
+@functools.cache
+def _stage() -> Path:
+    """Copy asyncbus, its dependencies and the child scripts to a world-readable directory."""
+    import atexit
+    import importlib.util
+
+    stage = Path(tempfile.mkdtemp(prefix="asyncbus-stage-", dir="/tmp"))
+    atexit.register(shutil.rmtree, stage, ignore_errors=True)
+    stage.chmod(0o755)
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    for name in _STAGED_PACKAGES:
+        spec = importlib.util.find_spec(name)
+        if spec is None or spec.origin is None:
+            continue  # not installed (sniffio is optional): the child will say so
+
+        origin = Path(spec.origin)
+        if spec.submodule_search_locations:
+            shutil.copytree(origin.parent, stage / name, ignore=ignore)
+        else:
+            shutil.copy2(origin, stage / origin.name)
+
+    for relative in _STAGED_TESTS:
+        target = stage / "tests" / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / "tests" / relative, target)
+
+    for path in stage.rglob("*"):
+        path.chmod(0o755 if path.is_dir() else 0o644)
+
+    return stage
+
+
+@functools.cache
+def _child_python() -> str:
+    """This interpreter if another user can run it, else the system's Python 3.11."""
+    for python in (sys.executable, "/usr/bin/python3.11"):
+        if not os.path.exists(python):
+            continue
+
+        done = subprocess.run(
+            _as_user(NOBODY, [python, "-c", "pass"]),
+            cwd="/",
+            capture_output=True,
+            timeout=60,
+            check=False,
+        )
+        if done.returncode == 0:
+            return python
+
+    return sys.executable
+
+
 def _environment() -> dict[str, str]:
     env = {key: value for key, value in os.environ.items() if key != "ASYNCBUS_URL"}
-    env["PYTHONPATH"] = str(ROOT)
+    env["PYTHONPATH"] = str(_stage())
     env["PYTHONDONTWRITEBYTECODE"] = "1"  # another user cannot write __pycache__ here
     return env
 
@@ -72,8 +135,8 @@ def _second_user_problem() -> str | None:
     """Say why a child cannot run as uid 65534 here, or ``None`` if it can."""
     code = "import asyncbus, uvloop, tests.peers.unix_member, tests.peers.unix_intruder"
     done = subprocess.run(
-        _as_user(NOBODY, [sys.executable, "-c", code]),
-        cwd=ROOT,
+        _as_user(NOBODY, [_child_python(), "-c", code]),
+        cwd=_stage(),
         env=_environment(),
         capture_output=True,
         timeout=60,
@@ -84,8 +147,8 @@ def _second_user_problem() -> str | None:
 
     last = (done.stderr.decode(errors="replace").strip().splitlines() or ["no output"])[-1]
     return (
-        f"uid {NOBODY} cannot run {sys.executable} with asyncbus from {ROOT} ({last}); "
-        "make the checkout and the virtualenv readable and searchable by others"
+        f"uid {NOBODY} cannot run {_child_python()} with asyncbus copied to {_stage()} "
+        f"({last}); install Debian's python3.11 or a Python that others may run"
     )
 
 
@@ -151,13 +214,13 @@ class Child:
 async def child(
     module: str, *args: str, uid: int | None = None, ruid_only: bool = False
 ) -> AsyncIterator[Child]:
-    command = _as_user(uid, [sys.executable, "-m", module, *args], ruid_only=ruid_only)
+    command = _as_user(uid, [_child_python(), "-m", module, *args], ruid_only=ruid_only)
     process = await asyncio.create_subprocess_exec(
         *command,
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
-        cwd=ROOT,
+        cwd=_stage(),
         env=_environment(),
     )
     helper = Child(process)
@@ -376,10 +439,10 @@ class TestDirectoryChecks:
         )
         env = {key: value for key, value in _environment().items() if key != "XDG_RUNTIME_DIR"}
         process = await asyncio.create_subprocess_exec(
-            *_as_user(uid, [sys.executable, "-c", code]),
+            *_as_user(uid, [_child_python(), "-c", code]),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
-            cwd=ROOT,
+            cwd=_stage(),
             env=env,
         )
         async with asyncio.timeout(TIMEOUT):
@@ -674,10 +737,10 @@ class TestAnotherUser:
                 "    print('join', exc)\n"
             )
             process = await asyncio.create_subprocess_exec(
-                *_as_user(NOBODY, [sys.executable, "-c", code]),
+                *_as_user(NOBODY, [_child_python(), "-c", code]),
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
-                cwd=ROOT,
+                cwd=_stage(),
                 env=_environment(),
             )
             async with asyncio.timeout(TIMEOUT):
@@ -712,10 +775,10 @@ class TestAnotherUser:
                 "    print(errno.errorcode[exc.errno])\n"
             )
             process = await asyncio.create_subprocess_exec(
-                *_as_user(NOBODY, [sys.executable, "-c", code]),
+                *_as_user(NOBODY, [_child_python(), "-c", code]),
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
-                cwd=ROOT,
+                cwd=_stage(),
                 env=_environment(),
             )
             async with asyncio.timeout(TIMEOUT):

@@ -144,7 +144,7 @@ def _number(value: float) -> str:
     return str(int(value)) if value.is_integer() else repr(value)
 
 
-def _integer(name: str, value: str | int, low: int, high: int) -> int:
+def _integer(name: str, value: str | int | float, low: int, high: int) -> int:
     try:
         number = int(value)
     except (TypeError, ValueError):
@@ -168,7 +168,7 @@ def _seconds(name: str, value: str | int | float) -> float:
     return number
 
 
-def _ids(name: str, value: str | int) -> frozenset[int]:
+def _ids(name: str, value: str | int | float) -> frozenset[int]:
     text = str(value).strip()
     if not text:
         return frozenset()
@@ -181,7 +181,7 @@ def _ids(name: str, value: str | int) -> frozenset[int]:
 
 
 def parse_url(
-    url: str, overrides: dict[str, str | int] | None = None
+    url: str, overrides: dict[str, str | int | float] | None = None
 ) -> UDPMulticastAddress | UNIXAddress:
     """Parse a bus URL.
 
@@ -220,7 +220,7 @@ def parse_url(
     if port == 0:
         raise InvalidURLError(f"port 0 is not a bus port in {url!r}")
 
-    options: dict[str, str | int] = dict(parse_qsl(parts.query, keep_blank_values=True))
+    options: dict[str, str | int | float] = dict(parse_qsl(parts.query, keep_blank_values=True))
     options.update(overrides or {})
     unknown = sorted(set(options) - {"ttl", "interface", "recv_buf_size"})
     if unknown:
@@ -248,7 +248,7 @@ def parse_url(
 _UNIX_OPTIONS: Final = ("allow_uids", "allow_gids", "peer_queue", "stall_timeout", "join_timeout")
 
 
-def _parse_unix(url: str, overrides: dict[str, str | int] | None) -> UNIXAddress:
+def _parse_unix(url: str, overrides: dict[str, str | int | float] | None) -> UNIXAddress:
     scheme, _, rest = url.partition(":")
     scheme = scheme.lower()  # schemes are case-insensitive (RFC 3986, section 3.1)
     target, _, query = rest.partition("?")
@@ -289,7 +289,7 @@ def _parse_unix(url: str, overrides: dict[str, str | int] | None) -> UNIXAddress
             f"e.g. {scheme}:sensors, {scheme}:@sensors or {scheme}:///run/user/1000/bus"
         )
 
-    options: dict[str, str | int] = dict(parse_qsl(query, keep_blank_values=True))
+    options: dict[str, str | int | float] = dict(parse_qsl(query, keep_blank_values=True))
     options.update(overrides or {})
     unknown = sorted(set(options) - set(_UNIX_OPTIONS))
     if unknown:

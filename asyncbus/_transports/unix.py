@@ -65,6 +65,7 @@ _SO_ACCEPTCON: Final = 0x10000  # __SO_ACCEPTCON in /proc/net/unix "Flags": a li
 _SOCKET_TYPES: Final = {"unix": socket.SOCK_DGRAM, "seqpacket": socket.SOCK_SEQPACKET}
 _PROC_TYPES: Final = {socket.SOCK_DGRAM: "0002", socket.SOCK_SEQPACKET: "0005"}
 # Errors that mean the peer's socket is gone: forget the peer, not the bus.
+_MSG_TRUNC: Final = int(socket.MSG_TRUNC)  # a plain int: IntFlag's & costs ~0.6 us
 _HIGH_WATER: Final = 256 * 1024  # bytes queued in all links before pause_writing()
 # A killed process's sockets close one by one: probe its file again after these.
 _REAP_DELAYS: Final = (0.05, 0.25, 1.0)
@@ -809,7 +810,7 @@ class UNIXDatagramTransport(_UNIXBusTransport):
                 protocol.error_received(exc)
                 return
 
-            if flags & socket.MSG_TRUNC:
+            if flags & _MSG_TRUNC:
                 self.truncated += 1  # larger than any frame a member sends
                 continue
 
