@@ -296,18 +296,8 @@ class UNIXMemberProtocol(MessageReceiver):
             transport.send(address, hello)
 
         deadline = self._loop.time() + self._bus.join_timeout
-        while self._joining and not transport.is_closing():
-            remaining = deadline - self._loop.time()
-            if remaining <= 0:
-                break
-
-            waiter = self._loop.create_future()
-            self._change_waiters.append(waiter)
-            handle = self._loop.call_later(remaining, _resolve, waiter)
-            try:
-                await waiter
-            finally:
-                handle.cancel()
+        while self._joining and not transport.is_closing() and self._loop.time() < deadline:
+            await self._wait_once(self._change_waiters.append, deadline)
 
         # Whoever did not answer is not (yet) a member: free its link. A slow
         # member that answers later is linked again by its HELLO.
@@ -328,28 +318,8 @@ class UNIXMemberProtocol(MessageReceiver):
         self._leaving = True
         assert self._loop is not None
         timeout = self._bus.stall_timeout
-        deadline = self._loop.time() + timeout if timeout else None
         try:
-            while transport.total_queued() and not transport.is_closing():
-                remaining = None if deadline is None else deadline - self._loop.time()
-                if remaining is not None and remaining <= 0:
-                    break
-
-                waiter = self._loop.create_future()
-                for address in list(self._membership.peers):
-                    if transport.queued(address):
-                        self._room_waiters.setdefault(address, []).append(waiter)
-
-                handle = (
-                    None
-                    if remaining is None
-                    else self._loop.call_later(remaining, _resolve, waiter)
-                )
-                try:
-                    await waiter
-                finally:
-                    if handle is not None:
-                        handle.cancel()
+            await self._drain_links(transport, self._loop.time() + timeout if timeout else None)
         finally:
             # Give up what is still queued (counted), so that BYE is the next frame
             # out, and give slow peers a moment to read it.
@@ -357,29 +327,39 @@ class UNIXMemberProtocol(MessageReceiver):
                 self.send_drops += transport.clear_queue(address)
 
             transport.send_all(encode_bye())
-            if not transport.is_closing():
-                await self._flush_bye(transport)
+            grace = min(self._bus.stall_timeout or _BYE_GRACE, _BYE_GRACE)
+            try:
+                await self._drain_links(transport, self._loop.time() + grace)
+            finally:
+                transport.close()
 
-            transport.close()
-
-    async def _flush_bye(self, transport: Transport) -> None:
+    async def _drain_links(self, transport: Transport, deadline: float | None) -> None:
+        """Wait until no link has messages queued, or until ``deadline`` (loop time)."""
         assert self._loop is not None
-        grace = min(self._bus.stall_timeout or _BYE_GRACE, _BYE_GRACE)
-        deadline = self._loop.time() + grace
-        while transport.total_queued() and not transport.is_closing():
-            remaining = deadline - self._loop.time()
-            if remaining <= 0:
-                return
 
-            waiter = self._loop.create_future()
+        def register(waiter: asyncio.Future[None]) -> None:
             for address in list(self._membership.peers):
                 if transport.queued(address):
                     self._room_waiters.setdefault(address, []).append(waiter)
 
-            handle = self._loop.call_later(remaining, _resolve, waiter)
-            try:
-                await waiter
-            finally:
+        while transport.total_queued() and not transport.is_closing():
+            if deadline is not None and self._loop.time() >= deadline:
+                return
+
+            await self._wait_once(register, deadline)
+
+    async def _wait_once(
+        self, register: Callable[[asyncio.Future[None]], object], deadline: float | None
+    ) -> None:
+        """Wait for one wake-up of a waiter that ``register`` files, or for ``deadline``."""
+        assert self._loop is not None
+        waiter: asyncio.Future[None] = self._loop.create_future()
+        register(waiter)
+        handle = None if deadline is None else self._loop.call_at(deadline, _resolve, waiter)
+        try:
+            await waiter
+        finally:
+            if handle is not None:
                 handle.cancel()
 
     # -- subscriptions ------------------------------------------------------
@@ -511,23 +491,11 @@ class UNIXMemberProtocol(MessageReceiver):
                 if transport.is_closing():
                     raise ClosedError("the bus was closed while publishing")
 
-                remaining = None if deadline is None else deadline - self._loop.time()
-                if remaining is not None and remaining <= 0:
+                if deadline is not None and self._loop.time() >= deadline:
                     peer.stalled = True  # drop for it until it drains
                     break
 
-                waiter = self._loop.create_future()
-                self._room_waiters.setdefault(address, []).append(waiter)
-                handle = (
-                    None
-                    if remaining is None
-                    else self._loop.call_later(remaining, _resolve, waiter)
-                )
-                try:
-                    await waiter
-                finally:
-                    if handle is not None:
-                        handle.cancel()
+                await self._wait_once(self._room_waiters.setdefault(address, []).append, deadline)
 
     def _wake_room(self, address: bytes) -> None:
         for waiter in self._room_waiters.pop(address, ()):
@@ -554,9 +522,7 @@ class UNIXMemberProtocol(MessageReceiver):
             if transport is None or transport.is_closing():
                 raise ClosedError("the bus is closed")
 
-            waiter = self._loop.create_future()
-            self._change_waiters.append(waiter)
-            await waiter
+            await self._wait_once(self._change_waiters.append, None)
 
     def _wake_changes(self) -> None:
         waiters, self._change_waiters = self._change_waiters, []
