@@ -145,7 +145,9 @@ class UNIXMemberProtocol(MessageReceiver):
     def source_closed(self, source: Hashable) -> None:
         peer = self._membership.peer_of(source)
         self._forget_source(source)
-        if peer is not None:
+        # A peer that linked to us again (it gave up on us while we were not
+        # reading) speaks on a newer connection: only the last one's end counts.
+        if peer is not None and not self._membership.has_source(peer.address):
             self._lose(peer.address, lost=True)
 
     def link_drained(self, address: bytes, queued: int) -> None:
