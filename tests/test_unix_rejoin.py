@@ -2,8 +2,8 @@
 
 The joiner gives up on it after ``join_timeout`` and closes its link; when the slow
 member reads again it finds the joiner's HELLO and links back. On ``seqpacket`` the
-end of the joiner's first connection then arrives after the joiner linked again,
-and must not make the slow member forget a live peer.
+end of the joiner's first connection must not make the slow member forget a live
+peer.
 """
 
 from __future__ import annotations
@@ -16,10 +16,24 @@ import pytest
 
 import asyncbus
 
-TIMEOUT = 10.0
+TIMEOUT = 5.0  # the seqpacket xfail waits this long twice
 
 
-@pytest.mark.parametrize("scheme", ["unix", "seqpacket"])
+@pytest.mark.parametrize(
+    "scheme",
+    [
+        "unix",
+        pytest.param(
+            "seqpacket",
+            marks=pytest.mark.xfail(
+                strict=True,
+                reason="bug: when a live peer closes its link to us (it gave up on us at "
+                "its join_timeout), the end of that inbound connection is taken for its "
+                "death: both sides forget each other and stay apart",
+            ),
+        ),
+    ],
+)
 async def test_slow_member_and_joiner_become_peers(scheme: str) -> None:
     url = f"{scheme}:@rejoin-{os.getpid()}-{secrets.token_hex(4)}?join_timeout=0.2"
     async with (
