@@ -147,8 +147,17 @@ class UNIXMemberProtocol(MessageReceiver):
         self._forget_source(source)
         # A peer that linked to us again (it gave up on us while we were not
         # reading) speaks on a newer connection: only the last one's end counts.
-        if peer is not None and not self._membership.has_source(peer.address):
-            self._lose(peer.address, lost=True)
+        if peer is None or self._membership.has_source(peer.address):
+            return  # it speaks on a newer connection too: only the last one's end counts
+
+        transport = self._transport
+        if transport is not None and transport.has_link(peer.address) and not self._leaving:
+            # Our link to it still works, so it is alive: it gave up on us (we did
+            # not answer in time) and closed its link. Greet it again; it answers.
+            transport.send(peer.address, encode_hello(self._membership.own_address, reply=True))
+            return
+
+        self._lose(peer.address, lost=True)  # its death ended our link first
 
     def link_drained(self, address: bytes, queued: int) -> None:
         if queued < self._bus.peer_queue:

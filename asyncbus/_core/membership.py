@@ -28,7 +28,10 @@ HELLO from an accepted source   link if not yet linked; send HELLO if it asked
                                 was not verified yet or it asked; mark verified
 SUBSCRIBE from a known source   replace that peer's interest
 BYE from a known source         forget the peer
-send failed / connection ended  forget the peer
+send failed / our link ended    forget the peer (seqpacket: once its
+                                connection to us has ended too)
+its connection to us ended,     it gave up on us: send HELLO(REPLY) again
+our link still works            (seqpacket)
 our subscriptions change        send SUBSCRIBE to every verified peer
 ==============================  =================================================
 

@@ -499,7 +499,12 @@ def take_socket(pid: int, path: str) -> socket.socket:
     directory, name = os.path.split(path)
     names = {path, os.path.join(directory, "." + name)}
     with open("/proc/net/unix", encoding="utf-8", errors="replace") as table:
-        inodes = [f[6] for f in (line.split() for line in table) if f[7:8] and f[7] in names]
+        rows = [f for f in (line.split() for line in table) if f[7:8] and f[7] in names]
+
+    # Accepted connections show their listener's name too: take the listener
+    # (Flags has __SO_ACCEPTCON, 0x10000) when there is one.
+    rows.sort(key=lambda f: not int(f[3], 16) & 0x10000)
+    inodes = [f[6] for f in rows]
 
     if not inodes:
         raise FileNotFoundError(errno.ENOENT, "no socket bound there", path)
