@@ -345,10 +345,15 @@ class _UNIXBusTransport(asyncio.BaseTransport):
         self._made = False
         self._reaping: dict[bytes, asyncio.TimerHandle] = {}
         self._extra: dict[str, Any] = {"sockname": address, "socket": sock}
+        self._view = memoryview(bytearray(_MAX_FRAME))  # every frame is read into it
         self.received = 0
         self.truncated = 0
         self.rejected = 0
         self.removed_stale = 0
+        self._setup()
+
+    def _setup(self) -> None:
+        """Make the state the socket type needs."""
 
     # -- asyncio transport interface ----------------------------------------
 
@@ -756,19 +761,7 @@ class UNIXDatagramTransport(_UNIXBusTransport):
 
     _kind = socket.SOCK_DGRAM
 
-    def __init__(
-        self,
-        loop: asyncio.AbstractEventLoop,
-        sock: socket.socket,
-        protocol: UNIXBusProtocol,
-        *,
-        address: bytes,
-        directory: str | None,
-        bus: UNIXAddress,
-    ) -> None:
-        super().__init__(loop, sock, protocol, address=address, directory=directory, bus=bus)
-        self._buffer = bytearray(_MAX_FRAME)
-        self._view = memoryview(self._buffer)
+    def _setup(self) -> None:
         self._creds_cache: dict[bytes, Credentials] = {}
 
     def _prepare_link(self, sock: socket.socket) -> None:
@@ -849,20 +842,8 @@ class UNIXSeqpacketTransport(_UNIXBusTransport):
 
     _kind = socket.SOCK_SEQPACKET
 
-    def __init__(
-        self,
-        loop: asyncio.AbstractEventLoop,
-        sock: socket.socket,
-        protocol: UNIXBusProtocol,
-        *,
-        address: bytes,
-        directory: str | None,
-        bus: UNIXAddress,
-    ) -> None:
-        super().__init__(loop, sock, protocol, address=address, directory=directory, bus=bus)
+    def _setup(self) -> None:
         self._inbound: dict[int, _Inbound] = {}
-        self._buffer = bytearray(_MAX_FRAME)
-        self._view = memoryview(self._buffer)
         self._scratch = bytearray(1)
 
     def _check_link(self, sock: socket.socket) -> None:
@@ -1038,6 +1019,10 @@ async def create_unix_endpoint(
         transport = cls(loop, sock, protocol, address=address, directory=directory, bus=bus)
     except BaseException:
         sock.close()
+        if directory is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(address)
+
         raise
 
     transport._made = True
