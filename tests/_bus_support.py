@@ -20,13 +20,14 @@ import json
 import os
 import random
 import select
+import signal
 import socket
 import struct
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Self
 
 import uvloop
 
@@ -395,15 +396,24 @@ class Child:
         self.output: list[str] = []
         self._process: asyncio.subprocess.Process | None = None
 
-    async def __aenter__(self) -> Child:
+    module = "tests._peers_bus.peer"
+    """The module the process runs (``python -m``)."""
+    stdin: int = asyncio.subprocess.DEVNULL
+    """What the process reads: ``asyncio.subprocess.PIPE`` to send it commands."""
+
+    def arguments(self) -> list[str]:
+        """Return the process's arguments after the module (subclasses add options)."""
+        return list(self.args)
+
+    async def __aenter__(self) -> Self:
         self._process = await asyncio.create_subprocess_exec(
             sys.executable,
             "-W",
             "error::ResourceWarning",
             "-m",
-            "tests._peers_bus.peer",
-            *self.args,
-            stdin=asyncio.subprocess.DEVNULL,
+            self.module,
+            *self.arguments(),
+            stdin=self.stdin,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
             cwd=ROOT,
@@ -421,7 +431,11 @@ class Child:
         assert process is not None and process.stdout is not None
         if process.returncode is None:
             with contextlib.suppress(ProcessLookupError):
+                process.send_signal(signal.SIGCONT)  # a stopped process dies only when resumed
                 process.kill()
+
+        if process.stdin is not None:
+            process.stdin.close()
 
         await process.stdout.read()
         await process.wait()
@@ -455,7 +469,9 @@ class Child:
             pass
 
         output = "\n".join(self.output)
-        raise AssertionError(f"peer {self.args} never said {name!r}; its output:\n{output}")
+        raise AssertionError(
+            f"{self.module} {self.args} never said {name!r}; its output:\n{output}"
+        )
 
     async def events(self, name: str, count: int, within: float = TIMEOUT) -> list[dict[str, Any]]:
         """Return the next ``count`` events called ``name``.

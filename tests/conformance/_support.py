@@ -16,23 +16,18 @@ import contextlib
 import ctypes
 import dataclasses
 import errno
-import json
 import os
 import signal
 import socket
-import sys
 from dataclasses import dataclass
-from types import TracebackType
-from typing import Any
 
 import uvloop
 
 import asyncbus
 from tests._bus_support import (
-    ROOT,
     TIMEOUT,
+    Child,
     RawSender,
-    child_environment,
     group_of,
     wait_until,
 )
@@ -271,67 +266,28 @@ def _resolve(future: asyncio.Future[None]) -> None:
         future.set_result(None)
 
 
-class Member:
+class Member(Child):
     """A bus member in a separate process, ``python -m tests.conformance.member ARGS``.
 
-    It runs on the same kind of loop as the test. Use it as ``async with
-    Member(...) as member``: leaving kills it if it still runs (resuming it
-    first if it was stopped) and closes its pipes. Its stdout and stderr are
-    one stream of lines, quoted by failures.
+    It runs on the same kind of loop as the test, and reads commands on stdin. Use
+    it as ``async with Member(...) as member``: leaving kills it if it still runs
+    (resuming it first if it was stopped) and closes its pipes. Its stdout and
+    stderr are one stream of lines, quoted by failures.
     """
 
-    def __init__(self, *args: str) -> None:
-        """Describe the process; it starts on entering the context.
+    module = "tests.conformance.member"
+    stdin = asyncio.subprocess.PIPE
 
-        :param args: the member's arguments (mode, URL, options).
-        """
-        self.args = args
-        self.output: list[str] = []
-        self._process: asyncio.subprocess.Process | None = None
+    def arguments(self) -> list[str]:
+        """Return the member's arguments, with the test's kind of loop first."""
+        loop = "uvloop" if isinstance(asyncio.get_running_loop(), uvloop.Loop) else "asyncio"
+        return ["--loop", loop, *self.args]
 
     @property
     def pid(self) -> int:
         """The process id."""
         assert self._process is not None
         return self._process.pid
-
-    async def __aenter__(self) -> Member:
-        loop = "uvloop" if isinstance(asyncio.get_running_loop(), uvloop.Loop) else "asyncio"
-        self._process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-W",
-            "error::ResourceWarning",
-            "-m",
-            "tests.conformance.member",
-            "--loop",
-            loop,
-            *self.args,
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-            cwd=ROOT,
-            env=child_environment(),
-        )
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        process = self._process
-        assert process is not None and process.stdout is not None
-        if process.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                process.send_signal(signal.SIGCONT)
-                process.kill()
-
-        if process.stdin is not None:
-            process.stdin.close()
-
-        await process.stdout.read()
-        await process.wait()
 
     def send_signal(self, number: int) -> None:
         """Send the process a signal (``SIGSTOP``, ``SIGCONT``...).
@@ -373,51 +329,6 @@ class Member:
         assert self._process is not None and self._process.stdin is not None
         self._process.stdin.write(line.encode() + b"\n")
         await self._process.stdin.drain()
-
-    async def event(self, name: str, within: float = TIMEOUT) -> dict[str, Any]:
-        """Return the next event called ``name``, skipping other events.
-
-        :param name: ``"ready"``, ``"message"`` or ``"done"``.
-        :param within: seconds to wait for it.
-        :return: the event.
-        """
-        process = self._process
-        assert process is not None and process.stdout is not None
-        try:
-            async with asyncio.timeout(within):
-                while True:
-                    line = await process.stdout.readline()
-                    if not line:
-                        break
-
-                    text = line.decode(errors="replace").rstrip("\n")
-                    self.output.append(text)
-                    try:
-                        event = json.loads(text)
-                    except ValueError:
-                        continue
-
-                    if isinstance(event, dict) and event.get("event") == name:
-                        return event
-        except TimeoutError:
-            pass
-
-        output = "\n".join(self.output[-40:])
-        raise AssertionError(f"member {self.args} never said {name!r}; its output:\n{output}")
-
-    async def exit_code(self, within: float = TIMEOUT) -> int:
-        """Wait for the process to end.
-
-        :param within: seconds.
-        :return: its exit code.
-        """
-        process = self._process
-        assert process is not None and process.stdout is not None
-        async with asyncio.timeout(within):
-            for line in (await process.stdout.read()).decode(errors="replace").splitlines():
-                self.output.append(line)
-
-            return await process.wait()
 
 
 class Publisher:
