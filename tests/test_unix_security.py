@@ -161,6 +161,22 @@ def require_second_user() -> None:
     require(problem is None, problem or "")
 
 
+async def run_as(uid: int, code: str, env: dict[str, str] | None = None) -> str:
+    """Run Python ``code`` as ``uid``; require a clean exit and return its stdout."""
+    process = await asyncio.create_subprocess_exec(
+        *_as_user(uid, [_child_python(), "-c", code]),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=_stage(),
+        env=_environment() if env is None else env,
+    )
+    async with asyncio.timeout(TIMEOUT):
+        stdout, stderr = await process.communicate()
+
+    assert process.returncode == 0, stderr
+    return stdout.decode()
+
+
 class Child:
     """A helper process that reads commands on stdin and answers in JSON lines."""
 
@@ -438,18 +454,7 @@ class TestDirectoryChecks:
             "    print(exc)\n"
         )
         env = {key: value for key, value in _environment().items() if key != "XDG_RUNTIME_DIR"}
-        process = await asyncio.create_subprocess_exec(
-            *_as_user(uid, [_child_python(), "-c", code]),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            cwd=_stage(),
-            env=env,
-        )
-        async with asyncio.timeout(TIMEOUT):
-            stdout, stderr = await process.communicate()
-
-        assert process.returncode == 0, stderr
-        message = stdout.decode()
+        message = await run_as(uid, code, env)
         assert repr(base) in message
         assert f"belongs to uid {NOBODY}, not to this user (uid {uid})" in message
 
@@ -736,18 +741,7 @@ class TestAnotherUser:
                 "except asyncbus.BusPermissionError as exc:\n"
                 "    print('join', exc)\n"
             )
-            process = await asyncio.create_subprocess_exec(
-                *_as_user(NOBODY, [_child_python(), "-c", code]),
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                cwd=_stage(),
-                env=_environment(),
-            )
-            async with asyncio.timeout(TIMEOUT):
-                stdout, stderr = await process.communicate()
-
-            assert process.returncode == 0, stderr
-            lines = stdout.decode().splitlines()
+            lines = (await run_as(NOBODY, code)).splitlines()
             assert lines[:2] == ["connect EACCES", "list EACCES"]
             assert lines[2].startswith("join ")
             assert repr(str(directory)) in lines[2]
@@ -774,18 +768,7 @@ class TestAnotherUser:
                 "except OSError as exc:\n"
                 "    print(errno.errorcode[exc.errno])\n"
             )
-            process = await asyncio.create_subprocess_exec(
-                *_as_user(NOBODY, [_child_python(), "-c", code]),
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                cwd=_stage(),
-                env=_environment(),
-            )
-            async with asyncio.timeout(TIMEOUT):
-                stdout, stderr = await process.communicate()
-
-            assert process.returncode == 0, stderr
-            listing, result = stdout.decode().splitlines()
+            listing, result = (await run_as(NOBODY, code)).splitlines()
             assert Path(victim.sender.address).name in listing
             assert result == "EACCES"
 
