@@ -12,7 +12,8 @@ The tree (documented in ``docs/exceptions.md``; keep the two in sync)::
     ├── UnsupportedError        (also NotImplementedError)       this transport cannot do that
     ├── LocalProtocolError      (also ValueError)                the wire cannot carry that
     │   └── MessageTooLargeError
-    └── RemoteProtocolError                                      a peer sent garbage
+    ├── RemoteProtocolError                                      a peer sent garbage
+    └── AncillaryTruncatedError (also OSError)                   fds did not all arrive
 
 Subclassing anyio's exceptions lets a `asyncbus.Subscription` be used
 anywhere an ``anyio.abc.ObjectReceiveStream`` is expected.
@@ -23,6 +24,7 @@ from __future__ import annotations
 import anyio
 
 __all__ = [
+    "AncillaryTruncatedError",
     "AsyncBusError",
     "BrokenTransportError",
     "BusPermissionError",
@@ -95,3 +97,21 @@ class RemoteProtocolError(AsyncBusError):
     Decoders raise this and nothing else for arbitrary input; the bus counts
     and drops such packets rather than letting this escape to users.
     """
+
+
+class AncillaryTruncatedError(AsyncBusError, OSError):
+    """A received message's control data was cut short (``MSG_CTRUNC``).
+
+    Some file descriptors the sender attached did not arrive: the buffer for
+    them was too small (``maxfds``), or this process hit its descriptor limit
+    (``RLIMIT_NOFILE``). Every descriptor that did arrive has already been
+    closed, so nothing leaks; the message's bytes are kept here.
+
+    :ivar data: the bytes of the message that came with the truncated fds.
+    :ivar closed_fds: how many descriptors arrived and were closed.
+    """
+
+    def __init__(self, message: str, *, data: bytes = b"", closed_fds: int = 0) -> None:
+        super().__init__(message)
+        self.data = data
+        self.closed_fds = closed_fds
