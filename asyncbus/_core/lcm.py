@@ -42,6 +42,7 @@ __all__ = [
     "Fragment",
     "Magic",
     "decode",
+    "decode_channel",
     "encode",
     "encode_channel",
 ]
@@ -207,8 +208,14 @@ def encode(
     return datagrams
 
 
-def _channel(datagram: bytes, start: int) -> tuple[str, int]:
-    """Return the channel that starts at ``start`` and the index after its NUL."""
+def decode_channel(datagram: bytes, start: int) -> tuple[str, int]:
+    """Return the channel that starts at ``start`` and the index after its NUL.
+
+    :param datagram: a frame.
+    :param start: where the NUL-terminated channel name begins.
+    :return: the name and the index just after its NUL.
+    :raises RemoteProtocolError: if the name is empty, not UTF-8 or unterminated.
+    """
     end = datagram.find(0, start, start + MAX_CHANNEL_BYTES + 1)
     if end < 0:
         raise RemoteProtocolError("channel name is not NUL-terminated within 63 bytes")
@@ -235,7 +242,7 @@ def decode(datagram: bytes) -> CompleteMessage | Fragment:
         if len(datagram) < SHORT_HEADER.size + 2:
             raise RemoteProtocolError(f"LC02 datagram of {len(datagram)} bytes is too short")
 
-        channel, start = _channel(datagram, SHORT_HEADER.size)
+        channel, start = decode_channel(datagram, SHORT_HEADER.size)
         seq = int.from_bytes(datagram[4:8], "big")
         return CompleteMessage(seq, channel, datagram[start:])
 
@@ -253,7 +260,7 @@ def decode(datagram: bytes) -> CompleteMessage | Fragment:
             if offset != 0:
                 raise RemoteProtocolError(f"fragment 0 has offset {offset}, not 0")
 
-            name, start = _channel(datagram, start)
+            name, start = decode_channel(datagram, start)
 
         data = datagram[start:]
         if offset + len(data) > size:

@@ -10,15 +10,27 @@ this module is its implementation. All integers are big-endian::
     SUBSCRIBE  u32 0x41425342 "ABSB" | u16 count | count x entry
        entry:  u8 kind | u8 policy | u16 n | n bytes UTF-8 pattern
     BYE        u32 0x41424259 "ABBY"
+    SEGMENT    u32 0x41425347 "ABSG" | u32 seq | u32 loan | u64 size | channel NUL
+    RELEASE    u32 0x4142524c "ABRL" | u16 count | count x u32 loan
 
 HELLO's address is the ``sun_path`` of the member's receiving socket, exactly
 as bound (an abstract address starts with a NUL byte). Flag bit 0 (`REPLY`)
-asks the receiver to answer with a HELLO of its own. Bytes after the address
+asks the receiver to answer with a HELLO of its own; flag bit 1 (`FDS`) says
+the sender accepts file descriptors (``SCM_RIGHTS``) on message frames and
+SEGMENT frames. Bytes after the address
 are reserved: receivers ignore them, so a later version can append fields.
 
 SUBSCRIBE replaces the sender's whole subscription set. ``kind`` is
 `PatternKind`; ``policy`` is `PeerPolicy`, what a publisher does when this
 member's socket is full.
+
+SEGMENT is a message whose payload is not in the frame: it is the first
+``size`` bytes of a sealed memfd that travels with the frame as its first
+``SCM_RIGHTS`` descriptor (any further descriptors are the message's own).
+``seq`` is the link's sequence number, as in an ``LC02`` frame; ``loan``
+names this publication of the segment. A receiver that no longer reads it
+sends RELEASE with that loan number to the publisher, which may then write
+the next message into the same memfd.
 """
 
 from __future__ import annotations
@@ -31,9 +43,12 @@ from enum import IntEnum
 from typing import Final
 
 from .._exceptions import LocalProtocolError, RemoteProtocolError
+from .lcm import decode_channel
 
 __all__ = [
+    "FDS",
     "MAX_CONTROL_FRAME",
+    "MAX_RELEASES",
     "PROTOCOL_VERSION",
     "REPLY",
     "Bye",
@@ -42,11 +57,15 @@ __all__ = [
     "Interest",
     "PatternKind",
     "PeerPolicy",
+    "Release",
+    "Segment",
     "SubscriptionEntry",
     "Subscriptions",
     "decode_control",
     "encode_bye",
     "encode_hello",
+    "encode_release",
+    "encode_segment",
     "encode_subscriptions",
     "is_control",
 ]
@@ -58,6 +77,8 @@ class ControlMagic(IntEnum):
     HELLO = 0x4142484C  # b"ABHL"
     SUBSCRIBE = 0x41425342  # b"ABSB"
     BYE = 0x41424259  # b"ABBY"
+    SEGMENT = 0x41425347  # b"ABSG"
+    RELEASE = 0x4142524C  # b"ABRL"
 
 
 class PatternKind(IntEnum):
@@ -92,11 +113,15 @@ class PeerPolicy(IntEnum):
 
 PROTOCOL_VERSION: Final = 1
 REPLY: Final = 0x01  # HELLO flag: answer with a HELLO
+FDS: Final = 0x02  # HELLO flag: the sender takes SCM_RIGHTS and SEGMENT frames
+MAX_RELEASES: Final = 4096  # loans in one RELEASE frame (16 KiB: fits every buffer)
 MAX_CONTROL_FRAME: Final = 65_507  # the LCM datagram size: every frame fits any member's buffer
 _HELLO: Final = struct.Struct(">IBBH")
 _SUBSCRIBE: Final = struct.Struct(">IH")
 _ENTRY: Final = struct.Struct(">BBH")
 _MAGIC: Final = struct.Struct(">I")
+_SEGMENT: Final = struct.Struct(">IIIQ")
+_RELEASE: Final = struct.Struct(">IH")
 _CONTROL_PREFIXES: Final = frozenset(m.to_bytes(4, "big") for m in ControlMagic)
 
 
@@ -106,10 +131,12 @@ class Hello:
 
     :ivar address: the ``sun_path`` of its receiving socket.
     :ivar reply: it asks for a HELLO back.
+    :ivar fds: it accepts file descriptors and SEGMENT frames.
     """
 
     address: bytes
     reply: bool
+    fds: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,18 +168,45 @@ class Bye:
     """A member leaves the bus."""
 
 
-def encode_hello(address: bytes, *, reply: bool) -> bytes:
+@dataclass(frozen=True, slots=True)
+class Segment:
+    """A message whose payload is in the memfd that came with the frame.
+
+    :ivar seq: the link's sequence number.
+    :ivar loan: the publisher's number for this publication (for RELEASE).
+    :ivar size: the payload's length: the memfd's first ``size`` bytes.
+    :ivar channel: the topic.
+    """
+
+    seq: int
+    loan: int
+    size: int
+    channel: str
+
+
+@dataclass(frozen=True, slots=True)
+class Release:
+    """A member no longer reads these segments.
+
+    :ivar loans: the loan numbers from the SEGMENT frames.
+    """
+
+    loans: tuple[int, ...]
+
+
+def encode_hello(address: bytes, *, reply: bool, fds: bool = False) -> bytes:
     """Encode a HELLO frame.
 
     :param address: this member's receiving ``sun_path``.
     :param reply: ask the receiver to answer.
+    :param fds: say this member accepts file descriptors and SEGMENT frames.
     :return: the frame.
     :raises LocalProtocolError: if the address is empty or longer than 108 bytes.
     """
     if not 0 < len(address) <= 108:  # sizeof(sockaddr_un.sun_path)
         raise LocalProtocolError(f"a member address has 1 to 108 bytes, not {len(address)}")
 
-    flags = REPLY if reply else 0
+    flags = (REPLY if reply else 0) | (FDS if fds else 0)
     return _HELLO.pack(ControlMagic.HELLO, PROTOCOL_VERSION, flags, len(address)) + address
 
 
@@ -196,6 +250,35 @@ def encode_subscriptions(entries: list[SubscriptionEntry] | tuple[SubscriptionEn
     return b"".join(parts)
 
 
+def encode_segment(seq: int, loan: int, size: int, channel: bytes) -> bytes:
+    """Encode a SEGMENT frame (send it with the memfd as its first descriptor).
+
+    :param seq: the link's sequence number (u32).
+    :param loan: the publication's number (u32).
+    :param size: the payload's length, at least 1.
+    :param channel: the encoded channel, NUL included (`lcm.encode_channel`).
+    :return: the frame.
+    :raises LocalProtocolError: if ``size`` is not positive.
+    """
+    if size < 1:
+        raise LocalProtocolError(f"a segment holds at least 1 byte, not {size}")
+
+    return _SEGMENT.pack(ControlMagic.SEGMENT, seq, loan, size) + channel
+
+
+def encode_release(loans: list[int] | tuple[int, ...]) -> bytes:
+    """Encode a RELEASE frame.
+
+    :param loans: at most `MAX_RELEASES` loan numbers (u32 each).
+    :return: the frame.
+    :raises LocalProtocolError: for too many loans.
+    """
+    if len(loans) > MAX_RELEASES:
+        raise LocalProtocolError(f"a RELEASE frame holds at most {MAX_RELEASES} loans")
+
+    return _RELEASE.pack(ControlMagic.RELEASE, len(loans)) + struct.pack(f">{len(loans)}I", *loans)
+
+
 def encode_bye() -> bytes:
     """Encode a BYE frame.
 
@@ -213,7 +296,7 @@ def is_control(frame: bytes) -> bool:
     return frame[:4] in _CONTROL_PREFIXES
 
 
-def decode_control(frame: bytes) -> Hello | Subscriptions | Bye:
+def decode_control(frame: bytes) -> Hello | Subscriptions | Bye | Segment | Release:
     """Decode a control frame.
 
     :param frame: one received frame whose magic is a `ControlMagic`.
@@ -236,7 +319,7 @@ def decode_control(frame: bytes) -> Hello | Subscriptions | Bye:
         if not 0 < size <= 108 or len(address) != size:
             raise RemoteProtocolError(f"HELLO address of {size} bytes is impossible")
 
-        return Hello(bytes(address), bool(flags & REPLY))
+        return Hello(bytes(address), bool(flags & REPLY), bool(flags & FDS))
 
     if magic == ControlMagic.SUBSCRIBE:
         return _decode_subscriptions(frame)
@@ -246,6 +329,30 @@ def decode_control(frame: bytes) -> Hello | Subscriptions | Bye:
             raise RemoteProtocolError(f"BYE of {len(frame)} bytes; it has 4")
 
         return Bye()
+
+    if magic == ControlMagic.SEGMENT:
+        if len(frame) < _SEGMENT.size + 2:
+            raise RemoteProtocolError(f"SEGMENT of {len(frame)} bytes is too short")
+
+        _, seq, loan, size = _SEGMENT.unpack_from(frame)
+        channel, end = decode_channel(bytes(frame), _SEGMENT.size)
+        if end != len(frame):
+            raise RemoteProtocolError("SEGMENT has bytes after its channel name")
+
+        if size == 0:
+            raise RemoteProtocolError("SEGMENT of an empty payload")
+
+        return Segment(seq, loan, size, channel)
+
+    if magic == ControlMagic.RELEASE:
+        if len(frame) < _RELEASE.size:
+            raise RemoteProtocolError(f"RELEASE of {len(frame)} bytes is too short")
+
+        count = _RELEASE.unpack_from(frame)[1]
+        if len(frame) != _RELEASE.size + 4 * count:
+            raise RemoteProtocolError(f"RELEASE of {len(frame)} bytes cannot hold {count} loans")
+
+        return Release(struct.unpack_from(f">{count}I", frame, _RELEASE.size))
 
     raise RemoteProtocolError(f"not a control frame (magic {magic:#010x})")
 

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from asyncbus._core import lcm
 from asyncbus._core.unixwire import (
     MAX_CONTROL_FRAME,
+    MAX_RELEASES,
     PROTOCOL_VERSION,
     REPLY,
     Bye,
@@ -21,11 +22,15 @@ from asyncbus._core.unixwire import (
     Interest,
     PatternKind,
     PeerPolicy,
+    Release,
+    Segment,
     SubscriptionEntry,
     Subscriptions,
     decode_control,
     encode_bye,
     encode_hello,
+    encode_release,
+    encode_segment,
     encode_subscriptions,
     is_control,
 )
@@ -179,8 +184,60 @@ class TestDecode:
         assert decode_control(hello_frame(b"abc") + b"future fields") == Hello(b"abc", False)
 
     def test_hello_ignores_unknown_flags(self) -> None:
-        assert decode_control(hello_frame(b"abc", flags=0xFE)) == Hello(b"abc", reply=False)
-        assert decode_control(hello_frame(b"abc", flags=0xFF)) == Hello(b"abc", reply=True)
+        assert decode_control(hello_frame(b"abc", flags=0xFC)) == Hello(b"abc", reply=False)
+        assert decode_control(hello_frame(b"abc", flags=0xFD)) == Hello(b"abc", reply=True)
+        assert decode_control(hello_frame(b"abc", flags=0xFE)) == Hello(b"abc", False, fds=True)
+
+    def test_hello_fds_flag_round_trip(self) -> None:
+        frame = encode_hello(b"\0m", reply=False, fds=True)
+        assert frame[5] == 0x02
+        assert decode_control(frame) == Hello(b"\0m", reply=False, fds=True)
+
+    def test_segment(self) -> None:
+        frame = b"ABSG" + struct.pack(">IIQ", 7, 9, 1 << 33) + b"big\0"
+        assert decode_control(frame) == Segment(seq=7, loan=9, size=1 << 33, channel="big")
+        assert encode_segment(7, 9, 1 << 33, b"big\0") == frame
+
+    @pytest.mark.parametrize(
+        "frame",
+        [
+            b"ABSG" + struct.pack(">IIQ", 1, 2, 3),  # no channel
+            b"ABSG" + struct.pack(">IIQ", 1, 2, 3) + b"\0",  # empty channel
+            b"ABSG" + struct.pack(">IIQ", 1, 2, 3) + b"ch",  # no NUL
+            b"ABSG" + struct.pack(">IIQ", 1, 2, 3) + b"ch\0x",  # bytes after the NUL
+            b"ABSG" + struct.pack(">IIQ", 1, 2, 0) + b"ch\0",  # empty payload
+            b"ABSG" + struct.pack(">II", 1, 2),  # cut short
+            b"ABSG" + struct.pack(">IIQ", 1, 2, 3) + b"\xff\0",  # not UTF-8
+        ],
+        ids=["no-channel", "empty-channel", "no-nul", "trailing", "empty", "short", "not-utf8"],
+    )
+    def test_bad_segment(self, frame: bytes) -> None:
+        with pytest.raises(RemoteProtocolError):
+            decode_control(frame)
+
+    def test_release(self) -> None:
+        frame = b"ABRL\x00\x02" + struct.pack(">II", 5, 0xFFFFFFFF)
+        assert decode_control(frame) == Release((5, 0xFFFFFFFF))
+        assert encode_release([5, 0xFFFFFFFF]) == frame
+        assert decode_control(encode_release([])) == Release(())
+
+    @pytest.mark.parametrize(
+        "frame",
+        [b"ABRL\x00", b"ABRL\x00\x02" + b"\0" * 4, b"ABRL\x00\x01" + b"\0" * 5],
+        ids=["short", "fewer-loans", "extra-bytes"],
+    )
+    def test_bad_release(self, frame: bytes) -> None:
+        with pytest.raises(RemoteProtocolError):
+            decode_control(frame)
+
+    def test_release_encoder_bounds(self) -> None:
+        assert len(encode_release(list(range(MAX_RELEASES)))) == 6 + 4 * MAX_RELEASES
+        with pytest.raises(LocalProtocolError):
+            encode_release(list(range(MAX_RELEASES + 1)))
+
+    def test_segment_encoder_refuses_empty(self) -> None:
+        with pytest.raises(LocalProtocolError):
+            encode_segment(0, 0, 0, b"t\0")
 
     def test_hello_address_of_108_bytes(self) -> None:
         address = b"\0" + b"a" * 107
@@ -308,7 +365,7 @@ class TestRoundTrip:
         assert decode_control(encode_bye()) == Bye()
 
 
-def check_decoded(frame: Hello | Subscriptions | Bye) -> None:
+def check_decoded(frame: Hello | Subscriptions | Bye | Segment | Release) -> None:
     """Assert what decode_control() promises about anything it returns."""
     if isinstance(frame, Hello):
         assert type(frame.address) is bytes
@@ -317,6 +374,11 @@ def check_decoded(frame: Hello | Subscriptions | Bye) -> None:
         for item in frame.entries:
             assert (item.kind is PatternKind.ALL) == (item.pattern == "")
             Interest((item,))  # every decoded pattern compiles
+    elif isinstance(frame, Segment):
+        assert frame.size >= 1
+        assert 1 <= len(frame.channel.encode()) <= lcm.MAX_CHANNEL_BYTES
+    elif isinstance(frame, Release):
+        assert all(0 <= loan <= 0xFFFFFFFF for loan in frame.loans)
     else:
         assert isinstance(frame, Bye)
 
@@ -331,15 +393,23 @@ class TestGarbage:
     def test_any_bytes(self, data: bytes) -> None:
         self._decode(data)
 
-    @given(st.sampled_from([HELLO, SUBSCRIBE, BYE]), st.binary(max_size=300))
+    @given(st.sampled_from([HELLO, SUBSCRIBE, BYE, b"ABSG", b"ABRL"]), st.binary(max_size=300))
     def test_any_bytes_after_a_control_magic(self, magic: bytes, rest: bytes) -> None:
         self._decode(magic + rest)
 
     @given(
         st.one_of(
-            st.builds(encode_hello, addresses, reply=st.booleans()),
+            st.builds(encode_hello, addresses, reply=st.booleans(), fds=st.booleans()),
             st.builds(encode_subscriptions, entry_lists),
             st.just(encode_bye()),
+            st.builds(
+                encode_segment,
+                st.integers(0, 0xFFFFFFFF),
+                st.integers(0, 0xFFFFFFFF),
+                st.integers(1, 1 << 40),
+                st.just(b"topic\0"),
+            ),
+            st.builds(encode_release, st.lists(st.integers(0, 0xFFFFFFFF), max_size=20)),
         ),
         st.data(),
     )
