@@ -6,7 +6,7 @@ import asyncio
 import os
 import re
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Final, final
@@ -16,11 +16,23 @@ from ._adapters.unix import UNIXMemberProtocol, address_text
 from ._core import lcm
 from ._core.patterns import TopicPattern
 from ._core.url import DEFAULT_URL, UDPMulticastAddress, UNIXAddress, parse_url
-from ._exceptions import BrokenTransportError, BusPermissionError, ClosedError, UnsupportedError
+from ._exceptions import (
+    BrokenTransportError,
+    BusPermissionError,
+    ClosedError,
+    MessageTooLargeError,
+    UnsupportedError,
+)
+from ._loan import Loan
 from ._message import Sender
 from ._subscription import DEFAULT_MAXSIZE, OverflowPolicy, Subscription, _Inbox, _Router
 from ._transports.udpm import UDPMulticastTransport, create_udpm_endpoint
-from ._transports.unix import UNIXDatagramTransport, UNIXSeqpacketTransport, create_unix_endpoint
+from ._transports.unix import (
+    MAX_FDS,
+    UNIXDatagramTransport,
+    UNIXSeqpacketTransport,
+    create_unix_endpoint,
+)
 
 __all__ = ["Bus", "BusStatistics", "Topic", "connect"]
 
@@ -31,6 +43,7 @@ _CHANNEL_CACHE_LIMIT: Final = 4096  # encoded topic names kept for publish()
 _YIELD_EVERY: Final = 32
 
 Payload = bytes | bytearray | memoryview
+MAX_MESSAGE_FDS: Final = MAX_FDS - 1  # one slot of a SEGMENT frame is its memfd
 
 
 @final
@@ -61,8 +74,16 @@ class BusStatistics:
     :ivar rejected: frames and connections refused because the sender's
         credentials are not allowed (unix transports).
     :ivar send_drops: messages this member dropped for a peer whose socket and
-        queue were full, by that peer's policy; the peer counts them as gaps
-        (unix transports).
+        queue were full, by that peer's policy, or that carried fds to a peer
+        that takes none; the peer counts them as gaps (unix transports).
+    :ivar fd_drops: received messages dropped with their fds because the
+        process's `asyncbus.fd_budget` was full or the kernel could not pass
+        every fd (``MSG_CTRUNC``; unix transports).
+    :ivar bad_segments: received large payloads refused because their
+        descriptor was not a sealed memfd of the announced size (unix transports).
+    :ivar segments_created: shared-memory segments this member created to
+        publish large payloads (unix transports).
+    :ivar segments_reused: large payloads published in a reused segment.
     """
 
     published: int
@@ -84,6 +105,10 @@ class BusStatistics:
     peers_lost: int
     rejected: int
     send_drops: int
+    fd_drops: int
+    bad_segments: int
+    segments_created: int
+    segments_reused: int
 
 
 @final
@@ -114,16 +139,25 @@ class Topic:
         """The bus this topic belongs to."""
         return self._bus
 
-    async def publish(self, data: Payload) -> None:
+    async def publish(self, data: Payload | Loan, *, fds: Sequence[int] = ()) -> None:
         """Publish one message on this topic.
 
-        :param data: the payload (bytes-like).
-        :raises ClosedError: if the bus is closed.
+        See `Bus.publish` for large payloads, loans and ``fds``.
+
+        :param data: the payload (bytes-like), or a `Loan` written in place.
+        :param fds: file descriptors to pass (unix transports); you keep yours,
+            each subscriber gets its own duplicates.
+        :raises ClosedError: if the bus is closed, or the loan is not active.
         :raises BrokenTransportError: if the transport is broken or the send failed.
         :raises MessageTooLargeError: if the payload is over the bus's limit.
-        :raises TypeError: if ``data`` is not bytes-like.
+        :raises UnsupportedError: for ``fds`` or a loan on ``udpm``.
+        :raises FDBudgetError: if duplicating ``fds`` would exceed `asyncbus.fd_budget`.
+        :raises TimeoutError: if subscribers held all shared memory for ``stall_timeout``.
+        :raises OSError: if an fd is not open (``EBADF``).
+        :raises TypeError: if ``data`` is not bytes-like or ``fds`` are not ints.
+        :raises ValueError: for more than 252 fds, or a loan of another bus.
         """
-        await self._bus._publish(self.name, self._channel, data)
+        await self._bus._publish(self.name, self._channel, data, fds)
 
     async def wait_subscribers(self, count: int = 1) -> None:
         """Wait until at least ``count`` other members subscribe to this topic.
@@ -422,16 +456,31 @@ class Bus:
         """
         return Topic(self, name)
 
-    async def publish(self, topic: str, data: Payload) -> None:
+    async def publish(
+        self, topic: str, data: Payload | Loan, *, fds: Sequence[int] = ()
+    ) -> None:
         """Publish one message.
 
+        On unix transports a payload too large for one frame (about 64 KiB)
+        travels in a sealed shared-memory segment: it is copied once, into the
+        segment, and every subscriber maps that same memory. A `Loan` (see
+        `loan`) skips even that copy. ``fds`` are passed with ``SCM_RIGHTS``:
+        the bus duplicates them, so they stay yours (close them when you like),
+        and each subscriber receives its own (`Message.take_fds`).
+
         :param topic: the topic name.
-        :param data: the payload (bytes-like).
-        :raises ClosedError: if the bus is closed.
+        :param data: the payload (bytes-like), or a `Loan` written in place.
+        :param fds: file descriptors to pass (unix transports; at most 252).
+        :raises ClosedError: if the bus is closed, or the loan is not active.
         :raises BrokenTransportError: if the transport is broken or the send failed.
         :raises LocalProtocolError: if the topic name cannot go on the wire.
         :raises MessageTooLargeError: if the payload is over the bus's limit.
-        :raises TypeError: if ``data`` is not bytes-like.
+        :raises UnsupportedError: for ``fds`` or a loan on ``udpm``.
+        :raises FDBudgetError: if duplicating ``fds`` would exceed `asyncbus.fd_budget`.
+        :raises TimeoutError: if subscribers held all shared memory for ``stall_timeout``.
+        :raises OSError: if an fd is not open (``EBADF``).
+        :raises TypeError: if ``data`` is not bytes-like or ``fds`` are not ints.
+        :raises ValueError: for more than 252 fds, or a loan of another bus.
         """
         channel = self._channels.get(topic)
         if channel is None:
@@ -441,7 +490,42 @@ class Bus:
 
             self._channels[topic] = channel
 
-        await self._publish(topic, channel, data)
+        await self._publish(topic, channel, data, fds)
+
+    def loan(self, size: int) -> Loan:
+        """Lend shared memory for a payload of ``size`` bytes, to publish with no copy.
+
+        Use it as ``async with bus.loan(size) as loan:``, write into
+        ``loan.data``, then ``await topic.publish(loan)``. Unix transports only.
+
+        :param size: the payload's length (1 to ``max_message_size``).
+        :return: a `Loan`; memory is taken when its ``async with`` block starts.
+        :raises UnsupportedError: on ``udpm``.
+        :raises ClosedError: if the bus is not open.
+        :raises MessageTooLargeError: if ``size`` is over ``max_message_size``.
+        :raises ValueError: if ``size`` is below 1.
+        """
+        if isinstance(size, bool) or not isinstance(size, int):
+            raise TypeError(f"a loan size is an int, not {type(size).__name__}")
+
+        if size < 1:
+            raise ValueError(f"a loan holds at least 1 byte, not {size}")
+
+        if isinstance(self._address, UDPMulticastAddress):
+            raise UnsupportedError(
+                "udpm has no shared memory: loans need a unix: or seqpacket: bus"
+            )
+
+        self._check_open()
+        if size > self._max_message_size:
+            raise MessageTooLargeError(
+                f"a loan of {size} bytes exceeds this bus's limit of "
+                f"{self._max_message_size} bytes"
+            )
+
+        unix = self._unix
+        assert unix is not None
+        return Loan(unix.segments, size, self._address.stall_timeout)
 
     def _interests_changed(self, added: bool) -> None:
         if self._unix is not None:
@@ -483,8 +567,14 @@ class Bus:
         """
         await self._wait_members(count, None)
 
-    async def _publish(self, topic: str, channel: bytes, data: Payload) -> None:
+    async def _publish(
+        self, topic: str, channel: bytes, data: Payload | Loan, fds: Sequence[int] = ()
+    ) -> None:
         self._check_open()
+        if fds or type(data) is Loan:
+            await self._publish_special(topic, channel, data, fds)
+            return
+
         given: object = data  # callers without type checking pass anything
         if not isinstance(given, bytes | bytearray | memoryview):
             if isinstance(given, str):
@@ -536,6 +626,59 @@ class Bus:
         if transport.get_write_buffer_size():
             await protocol.wait_writable()
         elif self._published % _YIELD_EVERY == 0:
+            await asyncio.sleep(0)
+
+    async def _publish_special(
+        self, topic: str, channel: bytes, data: Payload | Loan, fds: Sequence[int]
+    ) -> None:
+        """Publish with ``fds`` or from a loan (unix transports)."""
+        if isinstance(fds, str | bytes) or not all(
+            isinstance(fd, int) and not isinstance(fd, bool) for fd in fds
+        ):
+            raise TypeError("fds must be a sequence of int file descriptors")
+
+        passed = tuple(fds)
+        if len(passed) > MAX_MESSAGE_FDS:
+            raise ValueError(
+                f"a message carries at most {MAX_MESSAGE_FDS} fds (the kernel's SCM_MAX_FD "
+                f"is {MAX_FDS}, one of which a large payload's segment may need), not {len(passed)}"
+            )
+
+        if any(fd < 0 for fd in passed):
+            raise ValueError(f"file descriptors are not negative: {passed}")
+
+        unix = self._unix
+        if unix is None:
+            what = "fds" if passed else "a loan"
+            raise UnsupportedError(
+                f"udpm cannot carry {what}: use a unix: or seqpacket: bus to pass fds "
+                "and shared memory"
+            )
+
+        if type(data) is Loan:
+            if data._segments is not unix.segments:
+                raise ValueError("this loan belongs to another bus")
+
+            lent = data._publish()
+            payload: Payload = lent[1].view[: data.size]
+            backlog = await unix.publish(channel, topic, payload, passed, lent)
+        else:
+            given: object = data
+            if isinstance(given, str) or not isinstance(given, bytes | bytearray | memoryview):
+                raise TypeError(f"a payload must be bytes-like, not {type(given).__name__}")
+
+            payload = data
+            lent = None
+            backlog = await unix.publish(channel, topic, payload, passed)
+
+        self._published += 1
+        if self._receive_own:
+            assert self._self_sender is not None
+            await self._router.dispatch_waiting(
+                topic, bytes(payload), 0, self._self_sender, passed
+            )
+
+        if backlog or self._published % _YIELD_EVERY == 0:
             await asyncio.sleep(0)
 
     # -- subscribing ----------------------------------------------------------
@@ -653,6 +796,10 @@ class Bus:
             peers_lost=adapter.get("peers_lost", 0),
             rejected=adapter.get("rejected", 0),
             send_drops=adapter.get("send_drops", 0),
+            fd_drops=adapter.get("fd_drops", 0),
+            bad_segments=adapter.get("bad_segments", 0),
+            segments_created=adapter.get("segments_created", 0),
+            segments_reused=adapter.get("segments_reused", 0),
         )
 
     def __del__(self, _warn: Callable[..., None] = warnings.warn) -> None:

@@ -13,7 +13,8 @@ The tree (documented in ``docs/exceptions.md``; keep the two in sync)::
     ├── LocalProtocolError      (also ValueError)                the wire cannot carry that
     │   └── MessageTooLargeError
     ├── RemoteProtocolError                                      a peer sent garbage
-    └── AncillaryTruncatedError (also OSError)                   fds did not all arrive
+    ├── AncillaryTruncatedError (also OSError)                   fds did not all arrive
+    └── FDBudgetError           (also OSError)                   too many fds held
 
 Subclassing anyio's exceptions lets a `asyncbus.Subscription` be used
 anywhere an ``anyio.abc.ObjectReceiveStream`` is expected.
@@ -30,6 +31,7 @@ __all__ = [
     "BusPermissionError",
     "BusyError",
     "ClosedError",
+    "FDBudgetError",
     "InvalidURLError",
     "LocalProtocolError",
     "MessageTooLargeError",
@@ -115,3 +117,11 @@ class AncillaryTruncatedError(AsyncBusError, OSError):
         super().__init__(message)
         self.data = data
         self.closed_fds = closed_fds
+
+
+class FDBudgetError(AsyncBusError, OSError):
+    """This process's buses hold as many file descriptors as `asyncbus.fd_budget` allows.
+
+    Raised by a publish with ``fds=`` when duplicating them would go over the
+    budget. Received messages over the budget are dropped and counted instead.
+    """

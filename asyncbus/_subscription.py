@@ -39,7 +39,7 @@ from anyio.abc import ObjectReceiveStream
 
 from ._core.patterns import TopicPattern
 from ._exceptions import BrokenTransportError, BusyError, ClosedError, WouldBlock
-from ._message import Message, Sender
+from ._message import Message, Sender, _Resources, duplicate_fds
 
 __all__ = ["OverflowPolicy", "Subscription", "SubscriptionStatistics"]
 
@@ -139,10 +139,11 @@ class _Inbox:
             policy = self.policy
             if policy is OverflowPolicy.DROP_NEWEST:
                 self.dropped += 1
+                message.release()  # its fds and segment go with it
                 return
 
             if policy is OverflowPolicy.DROP_OLDEST:
-                queue.popleft()
+                queue.popleft().release()
                 self.dropped += 1
 
         queue.append(message)
@@ -272,20 +273,54 @@ class _Router:
 
         return inboxes
 
-    def dispatch(self, topic: str, data: bytes, seq: int, sender: Sender) -> None:
-        """Deliver one message to every matching subscription (never awaits)."""
+    def dispatch(
+        self,
+        topic: str,
+        data: bytes | memoryview,
+        seq: int,
+        sender: Sender,
+        resources: _Resources | None = None,
+    ) -> None:
+        """Deliver one message to every matching subscription (never awaits).
+
+        A message with ``resources`` (fds, a segment) goes to each subscription
+        with its own: the first gets these, the others duplicates, so each has
+        one owner. Nobody wanting it closes them.
+        """
         inboxes = self.match(topic)
         if not inboxes:
             self.unmatched += 1
+            if resources is not None:
+                resources.close()
+
             return
 
-        message = Message(topic, data, seq, sender, time.time())
-        for inbox in inboxes:
-            inbox.put(message)
+        if resources is None:
+            message = Message(topic, data, seq, sender, time.time())
+            for inbox in inboxes:
+                inbox.put(message)
 
-    async def dispatch_waiting(self, topic: str, data: bytes, seq: int, sender: Sender) -> None:
+            return
+
+        now = time.time()
+        for inbox in inboxes[1:]:
+            try:
+                copy = resources.duplicate()
+            except OSError:  # the fd budget or the kernel's limit: this one misses it
+                inbox.dropped += 1
+                continue
+
+            inbox.put(Message(topic, data, seq, sender, now, copy))
+
+        inboxes[0].put(Message(topic, data, seq, sender, now, resources))
+
+    async def dispatch_waiting(
+        self, topic: str, data: bytes, seq: int, sender: Sender, fds: tuple[int, ...] = ()
+    ) -> None:
         """Deliver this member's own message, waiting for room in ``block`` subscriptions.
 
+        Each subscription gets its own duplicates of ``fds`` (the caller keeps
+        the originals); one that cannot get them misses the message (counted).
         Not counted in ``unmatched``, which is about messages received from others.
         """
         inboxes = self.match(topic)
@@ -305,8 +340,20 @@ class _Router:
                 inbox.space_waiters.append(waiter)
                 await waiter
 
-            if inbox.router is self and inbox.ended is None:
+            if inbox.router is not self or inbox.ended is not None:
+                continue
+
+            if not fds:
                 inbox.put(message)
+                continue
+
+            try:
+                resources = _Resources(duplicate_fds(fds))
+            except OSError:
+                inbox.dropped += 1
+                continue
+
+            inbox.put(Message(topic, data, seq, sender, message.received_at, resources))
 
     def block(self, inbox: _Inbox) -> None:
         if not self._blocked:
@@ -468,6 +515,9 @@ class Subscription(ObjectReceiveStream[Message]):
             return
 
         inbox.dropped += len(inbox.queue)
+        for message in inbox.queue:
+            message.release()
+
         inbox.queue.clear()
         if inbox.router is not None:
             inbox.router.remove(inbox)

@@ -16,7 +16,7 @@ from .._core import lcm
 from .._core.reassembly import Reassembler
 from .._core.sequence import SequenceTracker
 from .._exceptions import RemoteProtocolError
-from .._message import Sender
+from .._message import Sender, _Resources
 from .._subscription import _Router
 
 __all__ = ["MessageReceiver"]
@@ -41,12 +41,26 @@ class MessageReceiver:
         self.oversize = 0
         self.receive_errors = 0
 
-    def receive_lcm(self, frame: bytes, source: Hashable, sender: Sender) -> None:
-        """Handle one LCM frame from ``source`` (its sequence and fragment key)."""
+    def receive_lcm(
+        self, frame: bytes, source: Hashable, sender: Sender, resources: _Resources | None = None
+    ) -> None:
+        """Handle one LCM frame from ``source`` (its sequence and fragment key).
+
+        ``resources`` (fds that came with the frame) go with the message, or
+        are closed if the frame is dropped.
+        """
         try:
             message = self._decoder.decode(frame)
         except RemoteProtocolError:
             self.malformed += 1
+            if resources is not None:
+                resources.close()
+
+            return
+
+        if resources is not None and type(message) is not lcm.CompleteMessage:
+            self.malformed += 1  # fds belong to a whole message, never to a fragment
+            resources.close()
             return
 
         if type(message) is lcm.Fragment:
@@ -61,11 +75,30 @@ class MessageReceiver:
         assert type(message) is lcm.CompleteMessage
         if len(message.data) > self._max_message_size:
             self.oversize += 1
+            if resources is not None:
+                resources.close()
+
             return
 
-        self._sequences.observe(source, message.seq)
+        self.deliver(source, message.channel, message.data, message.seq, sender, resources)
+
+    def deliver(
+        self,
+        source: Hashable,
+        topic: str,
+        data: bytes | memoryview,
+        seq: int,
+        sender: Sender,
+        resources: _Resources | None = None,
+    ) -> None:
+        """Count a whole message in its source's sequence and hand it to the router."""
+        self._sequences.observe(source, seq)
         self.received += 1
-        self._router.dispatch(message.channel, message.data, message.seq, sender)
+        self._router.dispatch(topic, data, seq, sender, resources)
+
+    def skip(self, source: Hashable, seq: int) -> None:
+        """Count a message that arrived but cannot be delivered (its loss is counted elsewhere)."""
+        self._sequences.observe(source, seq)
 
     def expect_first(self, source: Hashable) -> None:
         """Expect message number 0 next from ``source`` (a new link), so early drops count."""

@@ -19,7 +19,9 @@
 
 from __future__ import annotations
 
+import array
 import asyncio
+import contextlib
 import os
 from collections.abc import Callable, Hashable
 from typing import Final
@@ -28,30 +30,44 @@ from .._core import lcm
 from .._core.membership import Membership, Peer
 from .._core.patterns import TopicPattern
 from .._core.unixwire import (
+    MAX_RELEASES,
     Bye,
+    ControlMagic,
     Hello,
     PatternKind,
     PeerPolicy,
+    Release,
+    Segment,
     SubscriptionEntry,
     Subscriptions,
     decode_control,
     encode_bye,
     encode_hello,
+    encode_release,
+    encode_segment,
     encode_subscriptions,
     is_control,
 )
 from .._core.url import UNIXAddress
 from .._exceptions import ClosedError, LocalProtocolError, RemoteProtocolError
-from .._message import Sender
+from .._message import Sender, _Mapping, _Resources, close_fds, duplicate_fds, fd_budget
 from .._subscription import OverflowPolicy, _Router
-from .._transports.unix import Credentials, UNIXDatagramTransport, UNIXSeqpacketTransport
+from .._transports.memfd import WritableSegment, map_segment
+from .._transports.unix import (
+    Credentials,
+    FDFrame,
+    UNIXDatagramTransport,
+    UNIXSeqpacketTransport,
+)
 from .common import MessageReceiver
+from .segments import SegmentSender
 
 __all__ = ["UNIXMemberProtocol"]
 
 _SHORT_HEADER: Final = lcm.SHORT_HEADER
 _SHORT_MAGIC: Final = lcm.Magic.SHORT
 _SHORT_PREFIX: Final = _SHORT_MAGIC.to_bytes(4, "big")
+_SEGMENT_PREFIX: Final = ControlMagic.SEGMENT.to_bytes(4, "big")
 _SENDER_CACHE_LIMIT: Final = 4096
 _BYE_GRACE: Final = 1.0  # seconds aclose() gives slow peers to read its BYE
 _POLICIES: Final = {
@@ -110,7 +126,11 @@ class UNIXMemberProtocol(MessageReceiver):
         self.send_drops = 0
         self.peers_lost = 0
         self.errors = 0
+        self.fd_drops = 0
+        self.bad_segments = 0
         self.writing_paused = False
+        self._segments = SegmentSender(limit=bus.segment_memory, keep=bus.segment_cache)
+        self._releases: dict[bytes, list[int]] = {}  # loans to release, per publisher
 
     # -- transport callbacks ------------------------------------------------
 
@@ -120,7 +140,7 @@ class UNIXMemberProtocol(MessageReceiver):
         self._transport = transport
         own = transport.get_extra_info("sockname")
         self._membership = Membership(own)
-        self._own_hello = encode_hello(own, reply=False)
+        self._own_hello = encode_hello(own, reply=False, fds=True)
         self._closed = self._loop.create_future()
         self._subscribe_frame = self._encode_interests()
 
@@ -129,16 +149,30 @@ class UNIXMemberProtocol(MessageReceiver):
         bus = self._bus
         return uid == self._uid or uid in bus.allow_uids or gid in bus.allow_gids
 
-    def frame_received(self, frame: bytes, source: Hashable, creds: Credentials | None) -> None:
+    def frame_received(
+        self, frame: bytes, source: Hashable, creds: Credentials | None, fds: list[int] | None
+    ) -> None:
         self.datagrams += 1
         # The cache holds only accepted (source, credentials): a hit is both checks.
         sender = self._senders.get((source, creds))
         if sender is None:
             if creds is None or not self.connection_allowed(creds):
                 self.rejected += 1
+                if fds:
+                    _close_all(fds)
+
                 return
 
             sender = self._sender_for(source, creds)
+
+        if fds is not None:
+            try:
+                self._frame_with_fds(frame, source, sender, fds)
+            except BaseException:
+                _close_all(fds)  # no-op for those already handed on (they are -1)
+                raise
+
+            return
 
         if frame[:4] != _SHORT_PREFIX and is_control(frame):
             self._control_received(frame, source)
@@ -158,7 +192,9 @@ class UNIXMemberProtocol(MessageReceiver):
         if transport is not None and transport.has_link(peer.address) and not self._leaving:
             # Our link to it still works, so it is alive: it gave up on us (we did
             # not answer in time) and closed its link. Greet it again; it answers.
-            transport.send(peer.address, encode_hello(self._membership.own_address, reply=True))
+            transport.send(
+                peer.address, encode_hello(self._membership.own_address, reply=True, fds=True)
+            )
             return
 
         self._lose(peer.address, lost=True)  # its death ended our link first
@@ -193,12 +229,126 @@ class UNIXMemberProtocol(MessageReceiver):
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self.stop_receiving()
+        self._segments.close()
+        self._releases.clear()
         for address in list(self._room_waiters):
             self._wake_room(address)
 
         self._wake_changes()
         if self._closed is not None and not self._closed.done():
             self._closed.set_result(exc)
+
+    # -- frames with file descriptors -----------------------------------------
+
+    def _frame_with_fds(
+        self, frame: bytes, source: Hashable, sender: Sender, fds: list[int]
+    ) -> None:
+        """Handle a frame that came with descriptors; each is handed on or closed.
+
+        ``fds`` entries are replaced by -1 as they are handed on, so the
+        caller can close the rest if anything raises.
+        """
+        prefix = frame[:4]
+        if prefix == _SEGMENT_PREFIX:
+            self._segment_received(frame, source, sender, fds)
+            return
+
+        if prefix != _SHORT_PREFIX or not fds:
+            self.malformed += 1  # only whole messages carry descriptors
+            _close_all(fds)
+            return
+
+        try:
+            fd_budget.reserve(len(fds))
+        except OSError:
+            self.fd_drops += 1
+            _close_all(fds)
+            self._skip_lcm(frame, source)
+            return
+
+        resources = _Resources(list(fds))
+        fds[:] = [-1] * len(fds)
+        self.receive_lcm(frame, source, sender, resources)
+
+    def _skip_lcm(self, frame: bytes, source: Hashable) -> None:
+        if len(frame) >= _SHORT_HEADER.size:
+            self.skip(source, _SHORT_HEADER.unpack_from(frame)[1])
+
+    def _segment_received(
+        self, frame: bytes, source: Hashable, sender: Sender, fds: list[int]
+    ) -> None:
+        try:
+            segment = decode_control(frame)
+        except RemoteProtocolError:
+            segment = None
+
+        peer = self._membership.peer_of(source)
+        if type(segment) is not Segment or not fds or peer is None:
+            self.malformed += 1  # garbage, no memfd, or SEGMENT before HELLO
+            _close_all(fds)
+            return
+
+        def release() -> None:
+            self._release_loan(peer.address, segment.loan)
+
+        if segment.size > self._max_message_size:
+            self.oversize += 1
+            _close_all(fds)
+            self.skip(source, segment.seq)
+            release()
+            return
+
+        try:
+            fd_budget.reserve(len(fds))  # the mapping's reference to the memfd, and the rest
+        except OSError:
+            self.fd_drops += 1
+            _close_all(fds)
+            self.skip(source, segment.seq)
+            release()
+            return
+
+        try:
+            mapped = map_segment(fds[0], segment.size)
+        except (RemoteProtocolError, OSError) as exc:
+            if isinstance(exc, RemoteProtocolError):
+                self.bad_segments += 1
+            else:
+                self.errors += 1
+
+            close_fds(fds)
+            fds[:] = [-1] * len(fds)
+            self.skip(source, segment.seq)
+            release()
+            return
+
+        os.close(fds[0])  # the mapping holds its own reference
+        resources = _Resources(fds[1:], _Mapping(mapped, release))
+        fds[:] = [-1] * len(fds)
+        assert resources.mapping is not None
+        self.deliver(
+            source, segment.channel, resources.mapping.view, segment.seq, sender, resources
+        )
+
+    def _release_loan(self, address: bytes, loan: int) -> None:
+        """Tell a publisher (soon, batched) that this member no longer reads a segment."""
+        pending = self._releases.get(address)
+        if pending is None:
+            pending = self._releases[address] = []
+            if len(self._releases) == 1 and self._loop is not None:
+                with contextlib.suppress(RuntimeError):  # the loop is closed: nobody to tell
+                    self._loop.call_soon(self._send_releases)
+
+        pending.append(loan)
+
+    def _send_releases(self) -> None:
+        releases, self._releases = self._releases, {}
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            return
+
+        for address, loans in releases.items():
+            for start in range(0, len(loans), MAX_RELEASES):
+                transport.send(address, encode_release(loans[start : start + MAX_RELEASES]))
 
     # -- control frames -----------------------------------------------------
 
@@ -218,6 +368,17 @@ class UNIXMemberProtocol(MessageReceiver):
             else:
                 self._joining.discard(peer.address)  # join waits for subscriptions
                 self._wake_changes()
+        elif type(control) is Release:
+            peer = self._membership.peer_of(source)
+            if peer is None:
+                self.malformed += 1
+                return
+
+            for loan in control.loans:
+                self._segments.release(loan, peer.address)
+        elif type(control) is Segment:
+            self.malformed += 1  # a SEGMENT frame without its memfd
+            self.skip(source, control.seq)
         else:
             assert type(control) is Bye
             peer = self._membership.peer_of(source)
@@ -265,6 +426,7 @@ class UNIXMemberProtocol(MessageReceiver):
             if transport is not None:
                 transport.reap(address)  # it may have been killed: remove its file
 
+        self._segments.drop_holder(address)
         self._joining.discard(address)
         self._wake_room(address)
         self._wake_changes()
@@ -299,7 +461,7 @@ class UNIXMemberProtocol(MessageReceiver):
         """
         transport = self._transport
         assert transport is not None and self._loop is not None
-        hello = encode_hello(transport.get_extra_info("sockname"), reply=True)
+        hello = encode_hello(transport.get_extra_info("sockname"), reply=True, fds=True)
         for address in transport.discover():
             try:
                 transport.open_link(address)
@@ -435,34 +597,86 @@ class UNIXMemberProtocol(MessageReceiver):
     # -- publishing ---------------------------------------------------------
 
     async def publish(
-        self, channel: bytes, topic: str, data: bytes | bytearray | memoryview
+        self,
+        channel: bytes,
+        topic: str,
+        data: bytes | bytearray | memoryview,
+        fds: tuple[int, ...] = (),
+        lent: tuple[int, WritableSegment] | None = None,
     ) -> bool:
         """Send one message to every peer that wants it, applying their policies.
 
+        A payload too large for one frame goes to peers that take descriptors
+        in a shared segment (``lent``, the user's loan, or one lent here and
+        filled with one copy), and to others as ``LC03`` fragments. ``fds`` are
+        duplicated once and attached to each peer's frame; a peer that does not
+        take descriptors misses the message (counted in ``send_drops``; it
+        sees a gap).
+
+        :param lent: a segment the caller wrote ``data`` into (``data`` is its
+            view); it is published or given back, whatever happens.
         :return: ``True`` if a target peer has a backlog (at least 1/16 of
             ``peer_queue`` waits for it) or the transport paused writing: the
             caller should let the loop run the writers (and, in this process,
             the readers) before a drop policy has to drop.
         :raises MessageTooLargeError: if the payload is over the bus's limit.
         :raises ClosedError: if the bus closed while waiting for a peer.
+        :raises TimeoutError: if peers held all shared memory for ``stall_timeout``.
+        :raises FDBudgetError: if duplicating ``fds`` would exceed the fd budget.
+        :raises OSError: if an fd cannot be duplicated (``EBADF``) or no memfd made.
         :raises TypeError: if ``data`` is a buffer that is not C-contiguous.
         """
-        if type(data) is not bytes:
-            data = memoryview(data).cast("B")  # count bytes, not items
+        try:
+            if type(data) is not bytes:
+                data = memoryview(data).cast("B")  # count bytes, not items
 
-        size = len(data)
-        if size > self._max_message_size:
-            lcm.encode(channel, 0, data, max_message_size=self._max_message_size)  # raises
+            size = len(data)
+            if size > self._max_message_size:
+                lcm.encode(channel, 0, data, max_message_size=self._max_message_size)  # raises
 
-        targets = self._membership.targets(topic)
-        if not targets:
-            return False
+            targets = self._membership.targets(topic)
+            if not targets:
+                return False
 
+            single = len(channel) + size <= lcm.MAX_SHORT_PAYLOAD
+            if not single and lent is None and any(peer.fds for peer, _ in targets):
+                lent = await self._segments.lend(size, self._bus.stall_timeout)
+                lent[1].view[:size] = data  # the one copy every receiver shares
+                data = lent[1].view[:size]
+                targets = self._membership.targets(topic)  # it may have changed meanwhile
+
+            outgoing = _OutgoingFDs(fds) if fds else None
+        except BaseException:
+            if lent is not None:
+                self._segments.give_back(lent[0])
+
+            raise
+
+        if lent is None:
+            loan = -1
+        else:
+            loan = self._segments.publish(lent[0], [p.address for p, _ in targets if p.fds])
+
+        try:
+            return await self._send_to(targets, channel, data, single, outgoing, lent, loan)
+        finally:
+            if outgoing is not None:
+                outgoing.drop()  # ours; each frame holds its own reference until sent
+
+    async def _send_to(
+        self,
+        targets: tuple[tuple[Peer, PeerPolicy], ...],
+        channel: bytes,
+        data: bytes | memoryview,
+        single: bool,
+        outgoing: _OutgoingFDs | None,
+        lent: tuple[int, WritableSegment] | None,
+        loan: int,
+    ) -> bool:
         transport = self._transport
         assert transport is not None
         bound = self._bus.peer_queue
-        single = len(channel) + size <= lcm.MAX_SHORT_PAYLOAD
-        body = channel + data if single else b""
+        body = channel + data if single and outgoing is None else b""
         backlog_at = self._backlog_at
         blocked: list[Peer] | None = None
         backlog = False
@@ -483,9 +697,28 @@ class UNIXMemberProtocol(MessageReceiver):
                     self.send_drops += 1
                 else:
                     self.send_drops += 1
+                    if lent is not None and peer.fds:
+                        self._segments.release(loan, address)
+
                     continue
 
-            if single:
+            if outgoing is not None and not peer.fds:
+                self.send_drops += 1  # it cannot take descriptors: it sees a gap
+                continue
+
+            if lent is not None and peer.fds:
+                frame = encode_segment(seq, loan, len(data), channel)
+                fds = array.array("i", (lent[1].fd,)).tobytes()
+                if outgoing is not None:
+                    fds += outgoing.packed
+
+                done = self._frame_done(address, outgoing, loan)
+                transport.send(address, FDFrame(frame, fds, done))
+            elif outgoing is not None:
+                frame = _SHORT_HEADER.pack(_SHORT_MAGIC, seq) + channel + data
+                done = self._frame_done(address, outgoing)
+                transport.send(address, FDFrame(frame, outgoing.packed, done))
+            elif single:
                 transport.send(address, _SHORT_HEADER.pack(_SHORT_MAGIC, seq) + body)
             else:
                 frames = lcm.encode(channel, seq, data, max_message_size=self._max_message_size)
@@ -495,6 +728,24 @@ class UNIXMemberProtocol(MessageReceiver):
             await self._wait_room(blocked)
 
         return backlog or self.writing_paused
+
+    def _frame_done(
+        self, address: bytes, outgoing: _OutgoingFDs | None, loan: int = -1
+    ) -> Callable[[bool], None]:
+        """Make an FDFrame's ``done``: drop its fd reference; an unsent segment is released."""
+        if outgoing is not None:
+            outgoing.hold()
+
+        segments = self._segments
+
+        def done(sent: bool) -> None:
+            if outgoing is not None:
+                outgoing.drop()
+
+            if loan >= 0 and not sent:
+                segments.release(loan, address)
+
+        return done
 
     async def _wait_room(self, peers: list[Peer]) -> None:
         transport = self._transport
@@ -519,6 +770,11 @@ class UNIXMemberProtocol(MessageReceiver):
             _resolve(waiter)
 
     # -- membership queries -------------------------------------------------
+
+    @property
+    def segments(self) -> SegmentSender:
+        """This member's shared-memory segments (for loans)."""
+        return self._segments
 
     def peer_count(self) -> int:
         """Return how many verified peers this member has."""
@@ -566,7 +822,44 @@ class UNIXMemberProtocol(MessageReceiver):
         counters["send_drops"] = self.send_drops
         counters["peers"] = self._membership.verified
         counters["peers_lost"] = self.peers_lost
+        counters["fd_drops"] = self.fd_drops + (transport.fds_truncated if transport else 0)
+        counters["bad_segments"] = self.bad_segments
+        pool = self._segments.statistics()
+        counters["segments_created"] = pool.created
+        counters["segments_reused"] = pool.reused
         return counters
+
+
+class _OutgoingFDs:
+    """Duplicates of a publisher's fds, shared by the frames that carry them.
+
+    The publisher keeps its own fds; these copies stay open until every frame
+    that carries them went out or was dropped, then they are closed.
+    """
+
+    __slots__ = ("fds", "packed", "refs")
+
+    def __init__(self, fds: tuple[int, ...]) -> None:
+        self.fds = duplicate_fds(fds)
+        self.packed = array.array("i", self.fds).tobytes()
+        self.refs = 1
+
+    def hold(self) -> None:
+        self.refs += 1
+
+    def drop(self) -> None:
+        self.refs -= 1
+        if self.refs == 0:
+            close_fds(self.fds)
+
+
+def _close_all(fds: list[int]) -> None:
+    """Close received fds not counted in the budget; mark them closed (-1)."""
+    for index, fd in enumerate(fds):
+        if fd >= 0:
+            fds[index] = -1
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
 
 def _entry(pattern: TopicPattern, policy: OverflowPolicy) -> SubscriptionEntry:

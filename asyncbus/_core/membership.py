@@ -61,12 +61,14 @@ class Peer:
     :ivar interest: its subscription set.
     :ivar seq: the sequence number of the next message for it.
     :ivar stalled: a ``publish()`` gave up waiting for it; drop for it until it drains.
+    :ivar fds: its HELLO said it takes file descriptors and SEGMENT frames.
     """
 
-    __slots__ = ("address", "interest", "seq", "stalled", "verified")
+    __slots__ = ("address", "fds", "interest", "seq", "stalled", "verified")
 
     def __init__(self, address: bytes) -> None:
         self.address = address
+        self.fds = False
         self.verified = False
         self.interest = Interest()
         self.seq = 0
@@ -150,6 +152,7 @@ class Membership:
         if peer is None:
             peer = self.peers[hello.address] = Peer(hello.address)
 
+        peer.fds = hello.fds
         newly = not peer.verified
         if newly:
             peer.verified = True

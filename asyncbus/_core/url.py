@@ -36,6 +36,12 @@ UNIX_SCHEMES: Final = ("unix", "seqpacket")
 DEFAULT_PEER_QUEUE: Final = 1024  # messages a publisher holds for one slow peer (as a queue)
 DEFAULT_STALL_TIMEOUT: Final = 5.0  # seconds a publisher waits for one blocked peer
 DEFAULT_JOIN_TIMEOUT: Final = 1.0  # seconds open() waits for members to answer
+# Shared memory for large payloads: room for a few 64 MiB messages in flight, and a
+# warm cache (reused pages are ~4x faster to fill than a new memfd's).
+DEFAULT_SEGMENT_MEMORY: Final = 1 << 30
+DEFAULT_SEGMENT_CACHE: Final = 256 << 20
+_MIN_SEGMENT_MEMORY: Final = 64 << 10  # one segment of the smallest class
+_MAX_SEGMENT_MEMORY: Final = 1 << 40
 _NAME: Final = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 # sockaddr_un.sun_path is 108 bytes; a directory bus needs room for "/" and a
 # member file name (at most 23 bytes, see MEMBER_NAME_MAX), and a NUL.
@@ -93,6 +99,9 @@ class UNIXAddress:
     :ivar stall_timeout: seconds ``publish()`` waits for one peer with a
         ``block`` subscription before dropping for it (0 waits forever).
     :ivar join_timeout: seconds ``open()`` waits for the members it found to answer.
+    :ivar segment_memory: bytes of shared-memory segments a publisher may have
+        at once (large payloads; free, being written, or held by receivers).
+    :ivar segment_cache: bytes of free segments a publisher keeps for reuse.
     """
 
     scheme: str
@@ -104,6 +113,8 @@ class UNIXAddress:
     peer_queue: int = DEFAULT_PEER_QUEUE
     stall_timeout: float = DEFAULT_STALL_TIMEOUT
     join_timeout: float = DEFAULT_JOIN_TIMEOUT
+    segment_memory: int = DEFAULT_SEGMENT_MEMORY
+    segment_cache: int = DEFAULT_SEGMENT_CACHE
 
     def url(self) -> str:
         """Return the URL in normal form.
@@ -132,6 +143,12 @@ class UNIXAddress:
 
         if self.join_timeout != DEFAULT_JOIN_TIMEOUT:
             query.append(f"join_timeout={_number(self.join_timeout)}")
+
+        if self.segment_memory != DEFAULT_SEGMENT_MEMORY:
+            query.append(f"segment_memory={self.segment_memory}")
+
+        if self.segment_cache != DEFAULT_SEGMENT_CACHE:
+            query.append(f"segment_cache={self.segment_cache}")
 
         return url + ("?" + "&".join(query) if query else "")
 
@@ -245,7 +262,15 @@ def parse_url(
     )
 
 
-_UNIX_OPTIONS: Final = ("allow_uids", "allow_gids", "peer_queue", "stall_timeout", "join_timeout")
+_UNIX_OPTIONS: Final = (
+    "allow_uids",
+    "allow_gids",
+    "peer_queue",
+    "stall_timeout",
+    "join_timeout",
+    "segment_memory",
+    "segment_cache",
+)
 
 
 def _parse_unix(url: str, overrides: dict[str, str | int | float] | None) -> UNIXAddress:
@@ -309,4 +334,16 @@ def _parse_unix(url: str, overrides: dict[str, str | int | float] | None) -> UNI
             "stall_timeout", options.get("stall_timeout", DEFAULT_STALL_TIMEOUT)
         ),
         join_timeout=_seconds("join_timeout", options.get("join_timeout", DEFAULT_JOIN_TIMEOUT)),
+        segment_memory=_integer(
+            "segment_memory",
+            options.get("segment_memory", DEFAULT_SEGMENT_MEMORY),
+            _MIN_SEGMENT_MEMORY,
+            _MAX_SEGMENT_MEMORY,
+        ),
+        segment_cache=_integer(
+            "segment_cache",
+            options.get("segment_cache", DEFAULT_SEGMENT_CACHE),
+            0,
+            _MAX_SEGMENT_MEMORY,
+        ),
     )

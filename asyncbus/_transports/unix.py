@@ -25,6 +25,7 @@ send, to whom, and what to do with a full peer is the protocol's business.
 
 from __future__ import annotations
 
+import array
 import asyncio
 import collections
 import contextlib
@@ -44,7 +45,9 @@ from .._core.url import UNIXAddress
 from .._exceptions import BusPermissionError
 
 __all__ = [
+    "MAX_FDS",
     "Credentials",
+    "FDFrame",
     "UNIXBusProtocol",
     "UNIXDatagramTransport",
     "UNIXSeqpacketTransport",
@@ -53,10 +56,13 @@ __all__ = [
 ]
 
 Credentials = tuple[int, int, int]  # pid, uid, gid as the kernel attests them
-Frames = bytes | list[bytes]  # one message: a frame, or fragments sent back to back
 
+MAX_FDS: Final = 253  # SCM_MAX_FD (include/net/scm.h): descriptors in one sendmsg()
 _UCRED: Final = struct.Struct("=iII")  # struct ucred: pid_t, uid_t, gid_t (Linux)
 _CREDENTIALS_SPACE: Final = socket.CMSG_SPACE(_UCRED.size)
+_FDS_SPACE: Final = socket.CMSG_SPACE(MAX_FDS * 4)  # room for the most a sender can attach
+_CMSG_CLOEXEC: Final = int(socket.MSG_CMSG_CLOEXEC)  # received fds are close-on-exec
+_MSG_CTRUNC: Final = int(socket.MSG_CTRUNC)
 _MAX_FRAME: Final = 65_536  # every frame we send is at most an LCM datagram (65,507 bytes)
 _READ_BUDGET: Final = 256  # frames read per wakeup before other callbacks get a turn
 _ACCEPT_BUDGET: Final = 64  # connections accepted per wakeup
@@ -74,14 +80,56 @@ _PEER_GONE: Final = frozenset(
 )
 
 
+class FDFrame:
+    """A frame sent with file descriptors attached (``SCM_RIGHTS``).
+
+    The transport calls ``done(sent)`` exactly once: with ``True`` when the
+    kernel took the frame (the peer now has its own copies of the fds), with
+    ``False`` when the frame was dropped unsent (a policy, a broken link,
+    closing). The sender keeps its fds open until then.
+    """
+
+    __slots__ = ("ancdata", "done", "frame")
+
+    def __init__(self, frame: bytes, fds: bytes, done: Callable[[bool], None]) -> None:
+        """Describe the frame.
+
+        :param frame: the bytes.
+        :param fds: the descriptors, as a native int array (``array("i", fds).tobytes()``).
+        :param done: told whether the frame went out.
+        """
+        self.frame = frame
+        self.ancdata = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds)]
+        self.done = done
+
+    def __len__(self) -> int:
+        return len(self.frame)
+
+
+# One message: a frame, fragments sent back to back, or a frame with fds.
+Frames = bytes | list[bytes] | FDFrame
+
+
+def _dropped(message: Frames) -> None:
+    """A queued message will not be sent: let an FDFrame's owner know."""
+    if type(message) is FDFrame:
+        message.done(False)
+
+
 class UNIXBusProtocol(Protocol):
     """The callbacks a unix bus transport makes (the protocol side)."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         """The transport is ready."""
 
-    def frame_received(self, frame: bytes, source: Hashable, creds: Credentials | None) -> None:
-        """One frame arrived from ``source`` with the sender's credentials."""
+    def frame_received(
+        self, frame: bytes, source: Hashable, creds: Credentials | None, fds: list[int] | None
+    ) -> None:
+        """One frame arrived from ``source`` with the sender's credentials.
+
+        ``fds`` are the descriptors that came with it (close-on-exec); from
+        now on the protocol owns them and must close what it does not keep.
+        """
 
     def connection_allowed(self, creds: Credentials) -> bool:
         """Tell whether a peer with these credentials may connect (seqpacket)."""
@@ -288,7 +336,27 @@ def _hung_up(sock: socket.socket) -> bool:
 
 
 def _size(message: Frames) -> int:
-    return len(message) if isinstance(message, bytes) else sum(len(frame) for frame in message)
+    if type(message) is list:
+        return sum(len(frame) for frame in message)
+
+    return len(message)
+
+
+def _received_fds(ancdata: list[tuple[int, int, bytes]]) -> list[int]:
+    """Return every descriptor in ``SCM_RIGHTS`` control messages."""
+    fds: list[int] = []
+    for level, kind, data in ancdata:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            usable = len(data) - len(data) % 4
+            fds.extend(array.array("i", data[:usable]))
+
+    return fds
+
+
+def _close_all(fds: list[int]) -> None:
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            os.close(fd)
 
 
 def _credentials(sock: socket.socket) -> Credentials:
@@ -348,6 +416,7 @@ class _UNIXBusTransport(asyncio.BaseTransport):
         self._view = memoryview(bytearray(_MAX_FRAME))  # every frame is read into it
         self.received = 0
         self.truncated = 0
+        self.fds_truncated = 0
         self.rejected = 0
         self.removed_stale = 0
         self._setup()
@@ -561,6 +630,7 @@ class _UNIXBusTransport(asyncio.BaseTransport):
             victim = queue.popleft()
 
         self._dequeued(link, _size(victim))
+        _dropped(victim)
         return True
 
     def clear_queue(self, address: bytes) -> int:
@@ -573,8 +643,7 @@ class _UNIXBusTransport(asyncio.BaseTransport):
             return 0
 
         dropped = len(link.queue)
-        link.queue.clear()
-        self._dequeued(link, link.size)
+        self._drop_queue(link)
         return dropped
 
     def send(self, address: bytes, message: Frames) -> bool:
@@ -603,6 +672,20 @@ class _UNIXBusTransport(asyncio.BaseTransport):
                 self._start_writing(link)
             except OSError as exc:
                 self._send_failed(link, exc)
+
+            return True
+
+        if type(message) is FDFrame:
+            try:
+                link.sock.sendmsg([message.frame], message.ancdata)
+            except (BlockingIOError, InterruptedError):
+                self._enqueue(link, message)
+                self._start_writing(link)
+            except OSError as exc:
+                message.done(False)
+                self._send_failed(link, exc)
+            else:
+                message.done(True)
 
             return True
 
@@ -660,6 +743,11 @@ class _UNIXBusTransport(asyncio.BaseTransport):
                     sock.send(item)
                     queue.popleft()
                     self._dequeued(link, len(item))
+                elif type(item) is FDFrame:
+                    sock.sendmsg([item.frame], item.ancdata)
+                    queue.popleft()
+                    self._dequeued(link, len(item))
+                    item.done(True)
                 else:
                     assert isinstance(item, list)
                     while item:
@@ -699,6 +787,7 @@ class _UNIXBusTransport(asyncio.BaseTransport):
             if link.queue:
                 head = link.queue.popleft()
                 self._dequeued(link, _size(head))
+                _dropped(head)
 
             self._loop.call_soon(self._protocol.error_received, exc)
             return
@@ -748,12 +837,29 @@ class _UNIXBusTransport(asyncio.BaseTransport):
             self._loop.remove_writer(link.fd)
 
         self._unwatch_link(link)
+        self._drop_queue(link)
+        link.sock.close()
+
+    def _drop_queue(self, link: _Link) -> None:
+        queue = list(link.queue)
         link.queue.clear()
         self._dequeued(link, link.size)
-        link.sock.close()
+        for message in queue:
+            _dropped(message)
 
     def _unwatch_link(self, link: _Link) -> None:
         """Stop reading a link (seqpacket)."""
+
+    def _drop_truncated(self, flags: int, fds: list[int] | None) -> None:
+        """Drop a frame cut short: larger than any frame a member sends, or fds lost."""
+        if fds:
+            _close_all(fds)
+
+        if flags & _MSG_CTRUNC:
+            # The kernel could not give us every fd (our RLIMIT_NOFILE, most likely).
+            self.fds_truncated += 1
+        else:
+            self.truncated += 1
 
 
 class UNIXDatagramTransport(_UNIXBusTransport):
@@ -796,18 +902,17 @@ class UNIXDatagramTransport(_UNIXBusTransport):
                 return
 
             try:
-                size, ancdata, flags, source = sock.recvmsg_into(buffers, _CREDENTIALS_SPACE)
+                size, ancdata, flags, source = sock.recvmsg_into(
+                    buffers, _CREDENTIALS_SPACE + _FDS_SPACE, _CMSG_CLOEXEC
+                )
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:
                 protocol.error_received(exc)
                 return
 
-            if flags & _MSG_TRUNC:
-                self.truncated += 1  # larger than any frame a member sends
-                continue
-
             creds = None
+            fds = None
             for level, kind, data in ancdata:
                 if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS:
                     creds = cache.get(data)
@@ -816,9 +921,15 @@ class UNIXDatagramTransport(_UNIXBusTransport):
                             cache.clear()
 
                         creds = cache[data] = _UCRED.unpack_from(data)
+                else:
+                    fds = _received_fds(ancdata)
+
+            if flags & (_MSG_TRUNC | _MSG_CTRUNC):
+                self._drop_truncated(flags, fds)
+                continue
 
             self.received += 1
-            protocol.frame_received(view[:size].tobytes(), source, creds)
+            protocol.frame_received(view[:size].tobytes(), source, creds, fds)
             if self._sock is None:
                 return  # the protocol closed us
 
@@ -932,30 +1043,31 @@ class UNIXSeqpacketTransport(_UNIXBusTransport):
     def _read_ready(self, inbound: _Inbound) -> None:
         sock = inbound.sock
         view = self._view
+        buffers = [view]
         protocol = self._protocol
         for _ in range(_READ_BUDGET):
             if not self._reading or self._inbound.get(inbound.fd) is not inbound:
                 return
 
             try:
-                # MSG_TRUNC makes recv return a record's real length (Linux >= 3.4).
-                size = sock.recv_into(view, 0, socket.MSG_TRUNC)
+                size, ancdata, flags, _ = sock.recvmsg_into(buffers, _FDS_SPACE, _CMSG_CLOEXEC)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:
                 self._end_inbound(inbound, exc)
                 return
 
-            if size == 0 and _hung_up(sock):
+            fds = _received_fds(ancdata) if ancdata else None
+            if flags & (_MSG_TRUNC | _MSG_CTRUNC):
+                self._drop_truncated(flags, fds)
+                continue
+
+            if size == 0 and not fds and _hung_up(sock):
                 self._end_inbound(inbound, None)
                 return
 
-            if size > _MAX_FRAME:
-                self.truncated += 1
-                continue
-
             self.received += 1
-            protocol.frame_received(view[:size].tobytes(), inbound, inbound.creds)
+            protocol.frame_received(view[:size].tobytes(), inbound, inbound.creds, fds)
 
     def _end_inbound(self, inbound: _Inbound, exc: OSError | None) -> None:
         if self._inbound.pop(inbound.fd, None) is not inbound:

@@ -287,11 +287,11 @@ class _Lines:
         self._stream.flush()
 
 
-def _printable(data: bytes | str) -> str:
+def _printable(data: bytes | memoryview | str) -> str:
     """Return ``data`` as text fit for one line of a terminal.
 
     :param data: a payload (decoded as UTF-8 with ``backslashreplace``) or a topic.
     :return: the text, control characters written as backslash escapes.
     """
-    text = data if isinstance(data, str) else data.decode("utf-8", "backslashreplace")
+    text = data if isinstance(data, str) else bytes(data).decode("utf-8", "backslashreplace")
     return text.translate(_ESCAPES)

@@ -170,6 +170,8 @@ def addresses(draw: st.DrawFn) -> UNIXAddress:
         peer_queue=draw(st.integers(1, 65536)),
         stall_timeout=draw(seconds),
         join_timeout=draw(seconds),
+        segment_memory=draw(st.integers(64 << 10, 1 << 40)),
+        segment_cache=draw(st.integers(0, 1 << 40)),
         **where,  # type: ignore[arg-type]
     )
 
@@ -183,6 +185,14 @@ class TestNormalForm:
             ("unix:/tmp/b/", "unix:///tmp/b"),
             ("seqpacket:////tmp//b", "seqpacket:///tmp/b"),
             ("unix:x?peer_queue=1024&stall_timeout=5&join_timeout=1", "unix:x"),
+            (
+                "unix:x?segment_memory=1073741824&segment_cache=268435456",
+                "unix:x",
+            ),
+            (
+                "unix:x?segment_cache=0&segment_memory=65536",
+                "unix:x?segment_memory=65536&segment_cache=0",
+            ),
             ("unix:x?allow_uids=3,1,2", "unix:x?allow_uids=1,2,3"),
             ("unix:x?allow_uids=1,1", "unix:x?allow_uids=1"),
             (
@@ -197,6 +207,8 @@ class TestNormalForm:
             "one-slash-directory",
             "messy-directory",
             "defaults-dropped",
+            "segment-defaults-dropped",
+            "segment-options",
             "ids-sorted",
             "ids-deduplicated",
             "options-in-order",
@@ -331,7 +343,7 @@ class TestErrors:
 
         assert str(caught.value) == (
             f"unknown unix option(s) {unknown}; known: allow_uids, allow_gids, "
-            "peer_queue, stall_timeout, join_timeout"
+            "peer_queue, stall_timeout, join_timeout, segment_memory, segment_cache"
         )
 
     @pytest.mark.parametrize(
@@ -355,6 +367,9 @@ class TestErrors:
             ("stall_timeout=86401", "option stall_timeout=86401 is out of range"),
             ("stall_timeout=inf", "option stall_timeout=inf is out of range"),
             ("join_timeout=nan", "option join_timeout=nan is out of range"),
+            ("segment_memory=1k", "option segment_memory='1k' is not an integer"),
+            ("segment_memory=65535", "option segment_memory=65535 is out of range 65536.."),
+            ("segment_cache=-1", "option segment_cache=-1 is out of range 0.."),
         ],
         ids=[
             "queue-word",
@@ -375,6 +390,9 @@ class TestErrors:
             "stall-over-a-day",
             "stall-infinite",
             "join-nan",
+            "segment-memory-unit",
+            "segment-memory-under-one-segment",
+            "segment-cache-negative",
         ],
     )
     def test_bad_values(self, query: str, message: str) -> None:
