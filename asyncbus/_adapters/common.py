@@ -96,10 +96,6 @@ class MessageReceiver:
         self.received += 1
         self._router.dispatch(topic, data, seq, sender, resources)
 
-    def skip(self, source: Hashable, seq: int) -> None:
-        """Count a message that arrived but cannot be delivered (its loss is counted elsewhere)."""
-        self._sequences.observe(source, seq)
-
     def expect_first(self, source: Hashable) -> None:
         """Expect message number 0 next from ``source`` (a new link), so early drops count."""
         self._sequences.expect(source, 0)

@@ -58,8 +58,9 @@ class SegmentSender:
                 stats = self._pool.statistics()
                 raise TimeoutError(
                     f"no shared memory for a {size}-byte payload after {stall_timeout:g} s: "
-                    f"peers hold {stats.published} segments of this publisher ({stats.bytes} bytes, "
-                    f"limit {self._pool.limit}); they release them as they drop their messages"
+                    f"peers hold {stats.published} segments of this publisher "
+                    f"({stats.bytes} bytes, limit {self._pool.limit}); "
+                    "they release them as they drop their messages"
                 )
 
             waiter = loop.create_future()

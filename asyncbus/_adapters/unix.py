@@ -263,16 +263,11 @@ class UNIXMemberProtocol(MessageReceiver):
         except OSError:
             self.fd_drops += 1
             _close_all(fds)
-            self._skip_lcm(frame, source)
             return
 
         resources = _Resources(list(fds))
         fds[:] = [-1] * len(fds)
         self.receive_lcm(frame, source, sender, resources)
-
-    def _skip_lcm(self, frame: bytes, source: Hashable) -> None:
-        if len(frame) >= _SHORT_HEADER.size:
-            self.skip(source, _SHORT_HEADER.unpack_from(frame)[1])
 
     def _segment_received(
         self, frame: bytes, source: Hashable, sender: Sender, fds: list[int]
@@ -294,7 +289,6 @@ class UNIXMemberProtocol(MessageReceiver):
         if segment.size > self._max_message_size:
             self.oversize += 1
             _close_all(fds)
-            self.skip(source, segment.seq)
             release()
             return
 
@@ -303,7 +297,6 @@ class UNIXMemberProtocol(MessageReceiver):
         except OSError:
             self.fd_drops += 1
             _close_all(fds)
-            self.skip(source, segment.seq)
             release()
             return
 
@@ -317,7 +310,6 @@ class UNIXMemberProtocol(MessageReceiver):
 
             close_fds(fds)
             fds[:] = [-1] * len(fds)
-            self.skip(source, segment.seq)
             release()
             return
 
@@ -377,8 +369,7 @@ class UNIXMemberProtocol(MessageReceiver):
             for loan in control.loans:
                 self._segments.release(loan, peer.address)
         elif type(control) is Segment:
-            self.malformed += 1  # a SEGMENT frame without its memfd
-            self.skip(source, control.seq)
+            self.malformed += 1  # a SEGMENT frame without its memfd (its seq shows a gap)
         else:
             assert type(control) is Bye
             peer = self._membership.peer_of(source)
@@ -636,6 +627,9 @@ class UNIXMemberProtocol(MessageReceiver):
 
             targets = self._membership.targets(topic)
             if not targets:
+                if lent is not None:
+                    self._segments.give_back(lent[0])
+
                 return False
 
             single = len(channel) + size <= lcm.MAX_SHORT_PAYLOAD

@@ -658,6 +658,7 @@ class _UNIXBusTransport(asyncio.BaseTransport):
         """
         link = self._links.get(address)
         if link is None:
+            _dropped(message)
             return False
 
         if link.queue:
