@@ -33,7 +33,15 @@ EXAMPLES = ROOT / "examples"
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
 RUN = {
     f"examples/{name}"
-    for name in ("publisher.py", "subscriber.py", "hello.py", "patterns.py", "unix_bus.py")
+    for name in (
+        "publisher.py",
+        "subscriber.py",
+        "hello.py",
+        "patterns.py",
+        "unix_bus.py",
+        "fd_bus.py",
+        "pass_fd.py",  # run by tests/test_sockio.py
+    )
 }
 TIMEOUT = 30.0  # seconds for one example process; they take well under one
 
@@ -193,6 +201,28 @@ class TestUNIXExample:
             *(f"#{n} job {n} from pid {publisher.pid}, my user: True" for n in range(5)),
             "gaps=0",
         ]
+
+
+class TestFDExample:
+    @pytest.mark.parametrize("scheme", ["unix", "seqpacket"])
+    def test_fd_bus(self, scheme: str) -> None:
+        url = f"{scheme}:@asyncbus-fd-example-test-{os.getpid()}"
+        path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+        env = {**os.environ, "PYTHONPATH": path, "PYTHONUNBUFFERED": "1"}
+        with _start("fd_bus.py", "receive", "--url", url, env=env) as receiver:
+            try:
+                with _start("fd_bus.py", "send", "--url", url, env=env) as sender:
+                    sent = _finish(sender)
+
+                received = _finish(receiver)
+            finally:
+                receiver.kill()  # no-op once it has exited
+
+        assert received == [
+            "config: exposure=4ms (close-on-exec: True)",
+            "frame: 16777216 bytes, first 7, last 9, memoryview",
+        ]
+        assert sent == [f"reply: thanks from pid {receiver.pid}"]
 
 
 def _shown() -> dict[str, list[tuple[Path, str]]]:
