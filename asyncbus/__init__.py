@@ -31,6 +31,7 @@ from ._exceptions import (
 )
 from ._message import Message, Sender
 from ._subscription import OverflowPolicy, Subscription, SubscriptionStatistics
+from ._transports.sockio import recv_fds, send_fds, sock_recvmsg, sock_sendmsg
 
 __version__ = "0.1.0"
 
@@ -57,4 +58,8 @@ __all__ = [
     "WouldBlock",
     "__version__",
     "connect",
+    "recv_fds",
+    "send_fds",
+    "sock_recvmsg",
+    "sock_sendmsg",
 ]
