@@ -17,11 +17,13 @@ from __future__ import annotations
 from ._bus import Bus, BusStatistics, Topic, connect
 from ._core.url import DEFAULT_URL
 from ._exceptions import (
+    AncillaryTruncatedError,
     AsyncBusError,
     BrokenTransportError,
     BusPermissionError,
     BusyError,
     ClosedError,
+    FDBudgetError,
     InvalidURLError,
     LocalProtocolError,
     MessageTooLargeError,
@@ -29,7 +31,8 @@ from ._exceptions import (
     UnsupportedError,
     WouldBlock,
 )
-from ._message import Message, Sender
+from ._loan import Loan
+from ._message import FDBudget, Message, Sender, fd_budget
 from ._subscription import OverflowPolicy, Subscription, SubscriptionStatistics
 from ._transports.sockio import recv_fds, send_fds, sock_recvmsg, sock_sendmsg
 
@@ -37,6 +40,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "DEFAULT_URL",
+    "AncillaryTruncatedError",
     "AsyncBusError",
     "BrokenTransportError",
     "Bus",
@@ -44,7 +48,10 @@ __all__ = [
     "BusStatistics",
     "BusyError",
     "ClosedError",
+    "FDBudget",
+    "FDBudgetError",
     "InvalidURLError",
+    "Loan",
     "LocalProtocolError",
     "Message",
     "MessageTooLargeError",
@@ -58,6 +65,7 @@ __all__ = [
     "WouldBlock",
     "__version__",
     "connect",
+    "fd_budget",
     "recv_fds",
     "send_fds",
     "sock_recvmsg",

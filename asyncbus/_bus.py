@@ -456,9 +456,7 @@ class Bus:
         """
         return Topic(self, name)
 
-    async def publish(
-        self, topic: str, data: Payload | Loan, *, fds: Sequence[int] = ()
-    ) -> None:
+    async def publish(self, topic: str, data: Payload | Loan, *, fds: Sequence[int] = ()) -> None:
         """Publish one message.
 
         On unix transports a payload too large for one frame (about 64 KiB)
@@ -519,8 +517,7 @@ class Bus:
         self._check_open()
         if size > self._max_message_size:
             raise MessageTooLargeError(
-                f"a loan of {size} bytes exceeds this bus's limit of "
-                f"{self._max_message_size} bytes"
+                f"a loan of {size} bytes exceeds this bus's limit of {self._max_message_size} bytes"
             )
 
         unix = self._unix
@@ -674,9 +671,7 @@ class Bus:
         self._published += 1
         if self._receive_own:
             assert self._self_sender is not None
-            await self._router.dispatch_waiting(
-                topic, bytes(payload), 0, self._self_sender, passed
-            )
+            await self._router.dispatch_waiting(topic, bytes(payload), 0, self._self_sender, passed)
 
         if backlog or self._published % _YIELD_EVERY == 0:
             await asyncio.sleep(0)
