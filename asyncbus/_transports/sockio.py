@@ -201,6 +201,10 @@ async def sock_sendmsg(
     sent and no writer is left on the loop. A loop with its own ``sock_sendmsg``
     method gets the call instead.
 
+    Linux only: an unconnected AF_UNIX datagram socket sending to a full receiver
+    polls writable while ``sendmsg`` fails with ``EAGAIN``, so this retries in a
+    busy loop until the receiver reads; ``connect()`` such a socket instead.
+
     :param sock: a non-blocking socket.
     :param buffers: the data, as bytes-like objects sent back to back.
     :param ancdata: ``(cmsg_level, cmsg_type, cmsg_data)`` items.
