@@ -9,6 +9,7 @@ per-link queues and ``pause_writing``/``resume_writing``, ``close`` and ``abort`
 
 from __future__ import annotations
 
+import array
 import asyncio
 import os
 import socket
@@ -20,6 +21,7 @@ import pytest
 from asyncbus._core.url import UNIXAddress, parse_url
 from asyncbus._transports.unix import (
     Credentials,
+    FDFrame,
     UNIXDatagramTransport,
     UNIXSeqpacketTransport,
     create_unix_endpoint,
@@ -40,6 +42,7 @@ class Recorder:
     def __init__(self) -> None:
         self.calls: list[str] = []
         self.frames: list[tuple[bytes, Hashable, Credentials | None]] = []
+        self.fds: list[list[int] | None] = []
         self.lost_links: list[bytes] = []
         self.allowed = True
         self.changed = asyncio.Event()
@@ -54,8 +57,11 @@ class Recorder:
         self.transport = transport
         self._note("connection_made")
 
-    def frame_received(self, frame: bytes, source: Hashable, creds: Credentials | None) -> None:
+    def frame_received(
+        self, frame: bytes, source: Hashable, creds: Credentials | None, fds: list[int] | None
+    ) -> None:
         self.frames.append((frame, source, creds))
+        self.fds.append(fds)
         self._note("frame_received")
 
     def connection_allowed(self, creds: Credentials) -> bool:
@@ -262,6 +268,118 @@ class TestFlowControl:
             assert not b.discard_oldest(b"\0nobody")
         finally:
             await _close(a, b)
+
+
+def _pipe_frame(tag: bytes, done: list[tuple[bytes, bool]]) -> tuple[FDFrame, int]:
+    """An FDFrame carrying a pipe's write end; return it and the read end."""
+    read, write = os.pipe()
+    fds = array.array("i", [write]).tobytes()
+
+    def finished(sent: bool) -> None:
+        done.append((tag, sent))
+        os.close(write)  # what a sender does once the kernel has its copy (or never will)
+
+    return FDFrame(tag, fds, finished), read
+
+
+class TestFileDescriptors:
+    async def test_fds_arrive_with_their_frame(self, bus: UNIXAddress) -> None:
+        a, ra = await _open(bus)
+        b, _rb = await _open(bus)
+        done: list[tuple[bytes, bool]] = []
+        frame, read = _pipe_frame(b"with a pipe", done)
+        try:
+            target = a.get_extra_info("sockname")
+            b.open_link(target)
+            b.send(target, b"plain")
+            b.send(target, frame)
+            async with asyncio.timeout(TIMEOUT):
+                while len(ra.frames) < 2:
+                    ra.changed.clear()
+                    await ra.changed.wait()
+
+            assert done == [(b"with a pipe", True)]
+            assert ra.fds[0] is None
+            received = ra.fds[1]
+            assert received is not None and len(received) == 1
+            assert not os.get_inheritable(received[0]), "MSG_CMSG_CLOEXEC"
+            os.write(received[0], b"through the copy")
+            os.close(received[0])
+            assert os.read(read, 100) == b"through the copy"
+        finally:
+            os.close(read)
+            await _close(a, b)
+
+    async def test_done_is_called_once_when_dropped_unsent(self, bus: UNIXAddress) -> None:
+        a, _ra = await _open(bus)
+        b, _rb = await _open(bus)
+        done: list[tuple[bytes, bool]] = []
+        reads = []
+        try:
+            target = a.get_extra_info("sockname")
+            b.open_link(target)
+            a.pause_reading()
+            while not b.queued(target):
+                b.send(target, b"z" * 2000)
+
+            for tag in (b"oldest", b"cleared", b"link closed"):
+                frame, read = _pipe_frame(tag, done)
+                reads.append(read)
+                b.send(target, frame)
+
+            frame, read = _pipe_frame(b"no link", done)
+            reads.append(read)
+            assert not b.send(b"\0nobody", frame)
+            assert done == [(b"no link", False)]
+            while b.queued(target) > 3:
+                assert b.discard_oldest(target)  # the plain frames queued before them
+
+            assert b.discard_oldest(target)
+            assert done[-1] == (b"oldest", False)
+            b.close_link(target)
+            assert sorted(done) == sorted(
+                [
+                    (b"no link", False),
+                    (b"oldest", False),
+                    (b"cleared", False),
+                    (b"link closed", False),
+                ]
+            )
+        finally:
+            for read in reads:
+                os.close(read)
+
+            await _close(a, b)
+
+
+@pytest.mark.parametrize("index", [0, 1], ids=["abstract", "directory"])
+async def test_fds_on_a_truncated_datagram_are_closed(bus_dir: str, index: int) -> None:
+    # Only SOCK_DGRAM can truncate: a seqpacket record is bounded by our own frames.
+    a, ra = await _open(_buses("unix", bus_dir)[index])
+    try:
+        target = a.get_extra_info("sockname")
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as raw:
+            raw.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+            raw.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
+            raw.connect(target)
+            read, write = os.pipe()
+            try:
+                rights = array.array("i", [read]).tobytes()
+                raw.sendmsg([b"x" * 70_000], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, rights)])
+                raw.send(b"after")
+            finally:
+                os.close(read)
+
+            try:
+                await ra.wait_for("frame_received")
+                assert [f[0] for f in ra.frames] == [b"after"]
+                assert a.truncated == 1
+                with pytest.raises(BrokenPipeError):
+                    os.write(write, b"?")  # the copy of the read end that came along is closed
+            finally:
+                os.close(write)
+    finally:
+        await _close(a)
 
 
 class TestDeadPeer:
