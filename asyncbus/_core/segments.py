@@ -50,7 +50,11 @@ def capacity_for(size: int) -> int:
 
     :param size: the payload length.
     :return: the smallest power of two at least ``size`` and `MIN_CAPACITY`.
+    :raises ValueError: if ``size`` is negative.
     """
+    if size < 0:
+        raise ValueError(f"a payload has no negative size: {size}")
+
     return max(MIN_CAPACITY, 1 << max(0, size - 1).bit_length())
 
 
@@ -78,7 +82,8 @@ class PoolStatistics:
     :ivar bytes: their total capacity.
     :ivar free: segments ready for reuse.
     :ivar published: segments peers still hold.
-    :ivar created: segments created since the start (a reuse creates none).
+    :ivar created: loans that asked for a new segment since the start (a reuse
+        creates none; one whose memfd could not be made still counts).
     :ivar reused: loans served by a free segment.
     """
 
@@ -126,7 +131,8 @@ class SegmentPool:
         :param size: the payload length (at most ``limit``).
         :return: where to write it, or ``None`` if every byte under the limit is
             lent or published: wait for a release and ask again.
-        :raises ValueError: if ``size`` is over the limit (no segment could ever hold it).
+        :raises ValueError: if the size class of ``size`` is over the limit (no
+            segment could ever hold it).
         """
         capacity = capacity_for(size)
         if capacity > self.limit:
@@ -161,7 +167,7 @@ class SegmentPool:
         return Lending(slot, capacity, create=True, destroy=tuple(destroy))
 
     def give_back(self, slot: int) -> tuple[int, ...]:
-        """Return a lent segment that was not published (or whose creation failed).
+        """Return a lent segment that was not published (`discard` one that was never made).
 
         :param slot: a lent slot.
         :return: free slots to close (over ``keep``).
