@@ -78,7 +78,9 @@ class BusStatistics:
         that takes none; the peer counts them as gaps (unix transports).
     :ivar fd_drops: received messages dropped with their fds because the
         process's `asyncbus.fd_budget` was full or the kernel could not pass
-        every fd (``MSG_CTRUNC``; unix transports).
+        every fd (``MSG_CTRUNC``), and deliveries a second local subscription
+        missed because its own copies of the fds could not be made (unix
+        transports).
     :ivar bad_segments: received large payloads refused because their
         descriptor was not a sealed memfd of the announced size (unix transports).
     :ivar segments_created: shared-memory segments this member created to
@@ -522,7 +524,7 @@ class Bus:
 
         unix = self._unix
         assert unix is not None
-        return Loan(unix.segments, size, self._address.stall_timeout)
+        return Loan(unix.segments, size, self._address.stall_timeout, unix.probe_peers)
 
     def _interests_changed(self, added: bool) -> None:
         if self._unix is not None:
@@ -643,6 +645,9 @@ class Bus:
 
         if any(fd < 0 for fd in passed):
             raise ValueError(f"file descriptors are not negative: {passed}")
+
+        for fd in passed:
+            os.fstat(fd)  # EBADF now, whether or not anyone subscribes
 
         unix = self._unix
         if unix is None:
@@ -791,7 +796,7 @@ class Bus:
             peers_lost=adapter.get("peers_lost", 0),
             rejected=adapter.get("rejected", 0),
             send_drops=adapter.get("send_drops", 0),
-            fd_drops=adapter.get("fd_drops", 0),
+            fd_drops=adapter.get("fd_drops", 0) + self._router.fd_drops,
             bad_segments=adapter.get("bad_segments", 0),
             segments_created=adapter.get("segments_created", 0),
             segments_reused=adapter.get("segments_reused", 0),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from types import TracebackType
 from typing import TYPE_CHECKING, final
 
@@ -38,16 +39,24 @@ class Loan:
     *free* again (see ``docs/fds.md``).
     """
 
-    __slots__ = ("_lent", "_published", "_segments", "_size", "_timeout", "_view")
+    __slots__ = ("_lent", "_probe", "_published", "_segments", "_size", "_timeout", "_view")
 
-    def __init__(self, segments: SegmentSender, size: int, timeout: float) -> None:
+    def __init__(
+        self,
+        segments: SegmentSender,
+        size: int,
+        timeout: float,
+        probe: Callable[[], None] | None = None,
+    ) -> None:
         """Describe a loan (use `Bus.loan`).
 
         :param segments: the bus's segment pool.
         :param size: the payload's length in bytes.
         :param timeout: seconds to wait for memory (0: forever).
+        :param probe: finds peers that died holding memory, while waiting.
         """
         self._segments = segments
+        self._probe = probe
         self._size = size
         self._timeout = timeout
         self._lent: tuple[int, WritableSegment] | None = None
@@ -84,7 +93,7 @@ class Loan:
         if self._lent is not None or self._published:
             raise RuntimeError("a loan can be used once")
 
-        self._lent = await self._segments.lend(self._size, self._timeout)
+        self._lent = await self._segments.lend(self._size, self._timeout, self._probe)
         self._view = self._lent[1].view[: self._size]
         return self
 

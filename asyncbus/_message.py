@@ -157,14 +157,20 @@ def _finish(on_release: Callable[[], None]) -> None:
 
 
 class _Resources:
-    """The file descriptors and the segment one message owns (internal)."""
+    """The file descriptors and the segment one message owns (internal).
 
-    __slots__ = ("fds", "mapping")
+    A message with a segment reads it through its own view (``view``), so
+    releasing one message makes its ``data`` unusable without touching the
+    other messages that share the mapping.
+    """
+
+    __slots__ = ("fds", "mapping", "view")
 
     def __init__(self, fds: list[int], mapping: _Mapping | None = None) -> None:
         # The caller has counted the fds (and the mapping) in fd_budget.
         self.fds = fds
         self.mapping = mapping
+        self.view = mapping.view[:] if mapping is not None else None
 
     def take_fds(self) -> list[int]:
         fds, self.fds = self.fds, []
@@ -186,6 +192,11 @@ class _Resources:
     def close(self) -> None:
         fds, self.fds = self.fds, []
         close_fds(fds)
+        view, self.view = self.view, None
+        if view is not None:
+            with contextlib.suppress(BufferError):  # exported: the mapping waits for it
+                view.release()
+
         mapping, self.mapping = self.mapping, None
         if mapping is not None:
             mapping.release()
@@ -193,6 +204,10 @@ class _Resources:
     def __del__(self) -> None:
         if self.fds or self.mapping is not None:
             self.close()
+
+    def data(self, default: bytes | memoryview) -> bytes | memoryview:
+        """The payload a message owning these reads: its own view of a segment, or ``default``."""
+        return self.view if self.view is not None else default
 
 
 @final

@@ -215,6 +215,7 @@ class _Router:
         self._ended: _Ended | None = None
         self.inboxes = 0
         self.unmatched = 0
+        self.fd_drops = 0  # messages a subscription missed: no fds left to duplicate
         # Counters of inboxes already removed, so bus totals never go backwards.
         self.retired_delivered = 0
         self.retired_dropped = 0
@@ -307,12 +308,12 @@ class _Router:
             try:
                 copy = resources.duplicate()
             except OSError:  # the fd budget or the kernel's limit: this one misses it
-                inbox.dropped += 1
+                self.fd_drops += 1
                 continue
 
-            inbox.put(Message(topic, data, seq, sender, now, copy))
+            inbox.put(Message(topic, copy.data(data), seq, sender, now, copy))
 
-        inboxes[0].put(Message(topic, data, seq, sender, now, resources))
+        inboxes[0].put(Message(topic, resources.data(data), seq, sender, now, resources))
 
     async def dispatch_waiting(
         self, topic: str, data: bytes, seq: int, sender: Sender, fds: tuple[int, ...] = ()
@@ -349,8 +350,8 @@ class _Router:
 
             try:
                 resources = _Resources(duplicate_fds(fds))
-            except OSError:
-                inbox.dropped += 1
+            except OSError:  # the fd budget or the kernel's limit: this one misses it
+                self.fd_drops += 1
                 continue
 
             inbox.put(Message(topic, data, seq, sender, message.received_at, resources))

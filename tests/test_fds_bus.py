@@ -742,12 +742,6 @@ class TestFDCounts:
                 os.close(read_end)
                 os.close(write_end)
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason="publish(fds=[bad]) raises EBADF only when some peer subscribes: with no "
-        "target UNIXMemberProtocol.publish returns before duplicating the fds "
-        "(asyncbus/_adapters/unix.py, 'if not targets: return False' before _OutgoingFDs)",
-    )
     async def test_a_bad_fd_is_refused_with_nobody_subscribed(self, bus_url: BusURL) -> None:
         async with asyncbus.connect(bus_url()) as bus:
             with pytest.raises(OSError, match="Bad file descriptor") as bad:
@@ -1020,14 +1014,6 @@ class TestFDCounts:
                 os.close(read_end)
                 os.close(write_end)
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason="a local subscription that misses a message because duplicating its fds "
-        "would exceed asyncbus.fd_budget is counted in overflow_drops ('discarded by "
-        "subscriptions' overflow policies'), not in fd_drops: _Router.dispatch "
-        "(asyncbus/_subscription.py) does inbox.dropped += 1 on the OSError of "
-        "resources.duplicate()",
-    )
     async def test_a_duplicate_over_the_fd_budget_is_an_fd_drop(self, bus_url: BusURL) -> None:
         async with (
             asyncbus.connect(bus_url()) as publisher,
@@ -1063,12 +1049,6 @@ class TestFDCounts:
                 bytes(msg.data)
             msg.release()  # again: nothing happens
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason="Message.release() promises that a shared data view is then unusable, but "
-        "Router.dispatch (asyncbus/_subscription.py) gives every local subscription the same "
-        "memoryview (_Mapping.view): it is released only when the last message lets go",
-    )
     async def test_released_data_is_unusable_while_a_sibling_holds_it(
         self, bus_url: BusURL
     ) -> None:
@@ -1589,21 +1569,7 @@ class TestLoans:
             assert (stats.segments_created, stats.segments_reused) == (2, 1), stats
             assert subscriber.statistics().gaps == 0, "a publish that timed out used a number"
 
-    async def test_segments_of_a_killed_subscriber_come_back(
-        self, bus_url: BusURL, request: pytest.FixtureRequest
-    ) -> None:
-        if bus_url.scheme == "unix":
-            request.applymarker(
-                pytest.mark.xfail(
-                    strict=True,
-                    reason="unix: (datagram) sees a peer's death only when a send to it "
-                    "fails, and publish() waits for shared memory (SegmentSender.lend, "
-                    "asyncbus/_adapters/unix.py publish) before it sends anything: memory "
-                    "held by a killed subscriber is never reclaimed and every large "
-                    "publish() raises TimeoutError",
-                )
-            )
-
+    async def test_segments_of_a_killed_subscriber_come_back(self, bus_url: BusURL) -> None:
         # Room for one segment: the one the child holds when it dies.
         url = bus_url(segment_memory=MIB, stall_timeout=1)
         async with (
@@ -1661,12 +1627,6 @@ class TestReceiveOwn:
                 os.close(read_end)
                 os.close(write_end)
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason="with receive_own, a bad fd is swallowed: Router.dispatch_waiting "
-        "(asyncbus/_subscription.py) catches the OSError from duplicate_fds and counts the "
-        "message as dropped by the subscription, so publish() succeeds and nobody hears of EBADF",
-    )
     async def test_own_subscription_and_a_bad_fd(self, bus_url: BusURL) -> None:
         async with asyncbus.connect(bus_url(), receive_own=True) as bus, bus.subscribe("t") as sub:
             with pytest.raises(OSError, match="Bad file descriptor") as bad:

@@ -210,7 +210,7 @@ class TestSubscriptionsDropAndClose:
             fd_budget.limit = limit
 
         assert first.receive_nowait().fds == tuple(fds)
-        assert second.statistics().dropped == 1
+        assert (router.fd_drops, second.statistics().dropped) == (1, 0)  # not an overflow
         first.close()
         second.close()
 

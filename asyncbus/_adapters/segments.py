@@ -9,13 +9,18 @@ release memory when every byte under ``segment_memory`` is in use.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Hashable, Iterable
+from collections.abc import Callable, Hashable, Iterable
+from typing import Final
 
 from .._core.segments import PoolStatistics, SegmentPool
 from .._exceptions import ClosedError, MessageTooLargeError
 from .._transports.memfd import WritableSegment
 
 __all__ = ["SegmentSender"]
+
+# While waiting for memory, check this often that the holders are alive: on unix:
+# a dead peer is noticed only when a send to it fails.
+_PROBE_INTERVAL: Final = 0.25
 
 
 class SegmentSender:
@@ -27,11 +32,15 @@ class SegmentSender:
         self._waiters: list[asyncio.Future[None]] = []
         self._closed = False
 
-    async def lend(self, size: int, stall_timeout: float) -> tuple[int, WritableSegment]:
+    async def lend(
+        self, size: int, stall_timeout: float, probe: Callable[[], None] | None = None
+    ) -> tuple[int, WritableSegment]:
         """Get a segment to write a ``size``-byte payload into.
 
         :param size: the payload length.
         :param stall_timeout: seconds to wait for peers to release memory (0: forever).
+        :param probe: called before each wait (and every 0.25 s of it) to find
+            holders that died: their memory comes back when they are forgotten.
         :return: the slot and its segment (give it back or publish it).
         :raises MessageTooLargeError: if no segment under ``segment_memory`` can hold it.
         :raises TimeoutError: if peers held every segment for ``stall_timeout`` seconds.
@@ -63,14 +72,20 @@ class SegmentSender:
                     "they release them as they drop their messages"
                 )
 
+            if probe is not None:
+                probe()
+
             waiter = loop.create_future()
             self._waiters.append(waiter)
-            handle = None if deadline is None else loop.call_at(deadline, _wake, waiter)
+            wake_at = loop.time() + _PROBE_INTERVAL
+            if deadline is not None:
+                wake_at = min(wake_at, deadline)
+
+            handle = loop.call_at(wake_at, _wake, waiter)
             try:
                 await waiter
             finally:
-                if handle is not None:
-                    handle.cancel()
+                handle.cancel()
 
         self._destroy(lending.destroy)
         if lending.create:

@@ -634,7 +634,7 @@ class UNIXMemberProtocol(MessageReceiver):
 
             single = len(channel) + size <= lcm.MAX_SHORT_PAYLOAD
             if not single and lent is None and any(peer.fds for peer, _ in targets):
-                lent = await self._segments.lend(size, self._bus.stall_timeout)
+                lent = await self._segments.lend(size, self._bus.stall_timeout, self.probe_peers)
                 lent[1].view[:size] = data  # the one copy every receiver shares
                 data = lent[1].view[:size]
                 targets = self._membership.targets(topic)  # it may have changed meanwhile
@@ -656,6 +656,19 @@ class UNIXMemberProtocol(MessageReceiver):
         finally:
             if outgoing is not None:
                 outgoing.drop()  # ours; each frame holds its own reference until sent
+
+    def probe_peers(self) -> None:
+        """Greet every peer (a HELLO asks for nothing): a send to a dead one fails.
+
+        On ``unix:`` that is how a peer that died holding our segments is found
+        (``seqpacket:`` sees the end of its link at once).
+        """
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            return
+
+        for address in list(self._membership.peers):
+            transport.send(address, self._own_hello)
 
     async def _send_to(
         self,

@@ -67,7 +67,7 @@ async def _subscribe(url: str, topic: str, count: int) -> None:
                 seq=msg.seq,
                 sender=msg.sender.address,
                 size=len(msg.data),
-                sha256=digest(msg.data),
+                sha256=digest(bytes(msg.data)),
             )
 
         _say(event="done", statistics=dataclasses.asdict(bus.statistics()))
