@@ -663,20 +663,21 @@ class Bus:
 
             lent = data._publish()
             payload: Payload = lent[1].view[: data.size]
+            # Our own copy first: once peers release it, the segment may be lent again.
+            own = bytes(payload) if self._receive_own else b""
             backlog = await unix.publish(channel, topic, payload, passed, lent)
         else:
             given: object = data
             if isinstance(given, str) or not isinstance(given, bytes | bytearray | memoryview):
                 raise TypeError(f"a payload must be bytes-like, not {type(given).__name__}")
 
-            payload = data
-            lent = None
-            backlog = await unix.publish(channel, topic, payload, passed)
+            own = bytes(data) if self._receive_own else b""
+            backlog = await unix.publish(channel, topic, data, passed)
 
         self._published += 1
         if self._receive_own:
             assert self._self_sender is not None
-            await self._router.dispatch_waiting(topic, bytes(payload), 0, self._self_sender, passed)
+            await self._router.dispatch_waiting(topic, own, 0, self._self_sender, passed)
 
         if backlog or self._published % _YIELD_EVERY == 0:
             await asyncio.sleep(0)
