@@ -12,6 +12,8 @@ slow subscriber does to a fast one under each overflow policy:
   blocking ``send``/``recv`` loops;
 * :mod:`benchmarks.bus` -- the same workload through the public ``asyncbus`` API,
   on the default asyncio loop or on uvloop;
+* :mod:`benchmarks.large` -- 1 MiB and 64 MiB payloads read by every subscriber:
+  asyncbus's shared segments against a SOCK_STREAM copy;
 * :mod:`benchmarks.runner` -- starts the processes, hands out the go signal, collects;
 * :mod:`benchmarks.report` -- medians, ratios, the JSON document and the markdown tables;
 * :mod:`benchmarks.cli` -- the command line.

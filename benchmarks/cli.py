@@ -7,7 +7,10 @@ markdown tables to stdout and writes the JSON document. Progress goes to stderr.
 * throughput, for each transport (``udpm``, ``unix``, ``seqpacket``): raw sockets,
   asyncbus on asyncio, asyncbus on uvloop; fan-out 1 and 4;
 * slow subscriber, for each AF_UNIX transport and each overflow policy: asyncbus
-  on asyncio, one fast and one slow subscriber.
+  on asyncio, one fast and one slow subscriber;
+* large payloads (1 MiB, 64 MiB; :mod:`benchmarks.large`), fan-out 1 and 4: a
+  SOCK_STREAM copy baseline, then asyncbus on each AF_UNIX transport and loop in each
+  publisher mode.
 
 Quick mode keeps the benchmark working (CI runs it); it judges no number.
 """
@@ -22,7 +25,7 @@ import sys
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
-from . import report
+from . import large, report
 from .common import RECV_BUF_SIZE, TOPIC, Workload, lc02_datagram
 from .runner import BenchmarkError, Case, CaseRun, private_endpoint, private_name, run_case
 
@@ -35,7 +38,7 @@ DEFAULT_JSON: Final = pathlib.Path(__file__).parent / "results" / "latest.json"
 PAYLOAD_SIZE: Final = 64  # bytes: a small message, where per-message overhead dominates
 FANOUTS: Final = (1, 4)
 TRANSPORTS: Final = ("udpm", "unix", "seqpacket")
-SCENARIOS: Final = ("throughput", "slow")
+SCENARIOS: Final = ("throughput", "slow", "large")
 POLICIES: Final = ("drop_oldest", "drop_newest", "block")
 # Throughput on the AF_UNIX buses: `block` subscriptions, the lossless back-pressure
 # that matches the raw loops' blocking sends (any loss would still be counted).
@@ -45,18 +48,27 @@ THROUGHPUT_POLICY: Final = "block"
 # 5,000 messages per second.
 SLOW_WORK: Final = 100e-6
 SLOW_LOOP: Final = "asyncio"
+LOOPS: Final = ("asyncio", "uvloop")
+LARGE_POLICY: Final = "block"  # lossless, as the stream baseline's blocking sends
 
 
 def select_cases(
     transports: Collection[str] = TRANSPORTS,
     scenarios: Collection[str] = SCENARIOS,
     policy: str = THROUGHPUT_POLICY,
+    sizes: Collection[int] = large.SIZES,
+    every: bool = True,
 ) -> tuple[Case, ...]:
     """Return the cases to run, in table order.
 
     :param transports: which of :data:`TRANSPORTS`.
-    :param scenarios: which of :data:`SCENARIOS` (``slow`` exists for AF_UNIX only).
+    :param scenarios: which of :data:`SCENARIOS` (``slow`` and ``large`` exist for
+        AF_UNIX only).
     :param policy: the subscriptions' overflow policy in the AF_UNIX throughput cases.
+    :param sizes: the payload sizes of the large scenario.
+    :param every: run each large-payload mode on every transport and loop (``False``,
+        quick mode: on one each, rotating; 52 cases take 2 minutes on a busy 2-core
+        machine, mostly starting processes).
     :return: the cases.
     """
     cases: list[Case] = []
@@ -77,6 +89,28 @@ def select_cases(
                 for slow_policy in POLICIES
             )
 
+    unix = [t for t in TRANSPORTS if t in transports and t != "udpm"]
+    if "large" in scenarios and unix:
+        systems = [(transport, loop) for transport in unix for loop in LOOPS]
+        blocks = [(size, fanout) for size in sizes for fanout in FANOUTS]
+        for block, (size, fanout) in enumerate(blocks):
+            if every:
+                chosen = [(t, mode, loop) for t in unix for mode in large.MODES for loop in LOOPS]
+            else:
+                # Each block runs every mode once, on the (transport, loop) that the next
+                # block shifts by one: over the 4 default blocks every combination runs
+                # once (16 cases, not 52).
+                chosen = []
+                for index, mode in enumerate(large.MODES):
+                    transport, loop = systems[(block + index) % len(systems)]
+                    chosen.append((transport, mode, loop))
+
+            cases.append(Case("raw", None, fanout, "stream", size=size))
+            cases.extend(
+                Case("asyncbus", loop, fanout, transport, LARGE_POLICY, size=size, mode=mode)
+                for transport, mode, loop in chosen
+            )
+
     return tuple(cases)
 
 
@@ -93,6 +127,10 @@ class Mode:
     :param idle_timeout: seconds of silence after which a subscriber gives up.
     :param slow_messages: data messages per slow-subscriber run (with ``block`` the
         slow subscriber sets the pace: about 200 us a message).
+    :param large_bytes: payload bytes per large-scenario run: ``large_bytes // size``
+        messages ...
+    :param large_min_messages: ... but at least this many.
+    :param large_repeats: runs per large-scenario case.
     """
 
     name: str
@@ -100,10 +138,43 @@ class Mode:
     repeats: int
     idle_timeout: float
     slow_messages: int
+    large_bytes: int
+    large_min_messages: int
+    large_repeats: int
+
+    def large_messages(self, size: int, total: int | None = None) -> int:
+        """Return the message count of a large-scenario run with ``size``-byte payloads.
+
+        :param size: the payload size.
+        :param total: payload bytes per run (default: ``large_bytes``).
+        :return: ``total // size``, at least ``large_min_messages``.
+        """
+        return max(self.large_min_messages, (total or self.large_bytes) // size)
 
 
-QUICK: Final = Mode("quick", messages=20_000, repeats=2, idle_timeout=0.5, slow_messages=3_000)
-FULL: Final = Mode("full", messages=200_000, repeats=5, idle_timeout=1.0, slow_messages=20_000)
+QUICK: Final = Mode(
+    "quick",
+    messages=20_000,
+    repeats=2,
+    idle_timeout=0.5,
+    slow_messages=3_000,
+    large_bytes=50 << 20,  # 1 MiB x 50, 64 MiB x 3
+    large_min_messages=3,
+    large_repeats=1,
+)
+FULL: Final = Mode(
+    "full",
+    messages=200_000,
+    repeats=5,
+    idle_timeout=1.0,
+    slow_messages=20_000,
+    # 1 MiB x 512, 64 MiB x 20 (more than the 16 that fill the default segment_memory,
+    # so that segment reuse shows), median of 5: 52 cases, 176 processes per repeat;
+    # 3 repeats took 4 min 50 s on a 2-core machine with a load average of 4.
+    large_bytes=512 << 20,
+    large_min_messages=20,
+    large_repeats=5,
+)
 START_TIMEOUT: Final = 10.0  # seconds a subscriber waits for the first message after GO
 
 
@@ -118,12 +189,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     messages = args.messages or mode.messages
     slow_messages = args.slow_messages or min(messages, mode.slow_messages)
     repeats = args.repeats or mode.repeats
+    large_repeats = args.repeats or mode.large_repeats
     transports = args.transport or TRANSPORTS
     scenarios = args.scenario or SCENARIOS
-    cases = select_cases(transports, scenarios, args.policy)
+    sizes = tuple(dict.fromkeys(args.large_size or large.SIZES))
+    large_messages = {size: mode.large_messages(size, args.large_bytes) for size in sizes}
+    cases = select_cases(transports, scenarios, args.policy, sizes, every=mode is FULL)
     if not cases:
         print(
-            "no case selected: slow-subscriber cases exist for unix and seqpacket only",
+            "no case selected: slow-subscriber and large cases exist for unix and seqpacket only",
             file=sys.stderr,
         )
         return 2
@@ -157,6 +231,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         "profiled": bool(args.profile),
         "statistic": "median over repeats",
     }
+    if any(case.size is not None for case in cases):
+        settings["large"] = {
+            "messages": {large.size_label(size): count for size, count in large_messages.items()},
+            "repeats": large_repeats,
+            "modes": {
+                "publish": "await topic.publish(bytes): one copy into a shared segment",
+                "loan_copy": "bus.loan(size); loan.data[:] = payload; publish(loan): one copy",
+                "loan_header": "bus.loan(size); 8-byte header only; publish(loan): no copy",
+            },
+            "stream": "AF_UNIX SOCK_STREAM per subscriber, blocking, 8-byte length prefix, "
+            f"sendall of {large.size_label(large.STREAM_CHUNK)} pieces to each in turn, "
+            "recv_into a preallocated buffer",
+            "reader": f"{large.READER_NAME} over every payload, checked against the expected "
+            "checksum (except loan_header)",
+            "calibration": large.calibrate(sizes),
+            "policy": LARGE_POLICY,
+            "idle_timeout": large.IDLE_TIMEOUT,
+            "bus_options": "defaults: segment_memory=1 GiB, segment_cache=256 MiB",
+            "gb": "10**9 bytes",
+        }
+
     if args.profile:
         args.profile.mkdir(parents=True, exist_ok=True)
 
@@ -164,12 +259,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     rng = random.Random()
     runs: dict[Case, list[CaseRun]] = {case: [] for case in cases}
     try:
-        for repeat in range(repeats):
+        for repeat in range(max(repeats, large_repeats)):
             for case in cases:
-                work = _workload(case, rng, messages, slow_messages, mode, args.profile)
+                if repeat >= (repeats if case.size is None else large_repeats):
+                    continue
+
+                count = large_messages[case.size] if case.size is not None else None
+                work = _workload(case, rng, count or messages, slow_messages, mode, args.profile)
                 run = run_case(case, work)
                 runs[case].append(run)
-                _progress(repeat, repeats, case, run)
+                _progress(repeat, repeats if case.size is None else large_repeats, case, run)
     except BenchmarkError as exc:
         print(f"benchmark failed: {exc}", file=sys.stderr)
         return 1
@@ -187,10 +286,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(report.document(settings, host, results), indent=2) + "\n")
     print(report.markdown([(case, runs[case], ratios[case]) for case in cases]))
-    print(
-        f"\n{mode.name} mode: {messages:,} x {PAYLOAD_SIZE}-byte messages"
-        f" ({slow_messages:,} with a slow subscriber), median of {repeats}"
-    )
+    print()
+    if any(case.size is None for case in cases):
+        print(
+            f"{mode.name} mode: {messages:,} x {PAYLOAD_SIZE}-byte messages"
+            f" ({slow_messages:,} with a slow subscriber), median of {repeats}"
+        )
+
+    if any(case.size is not None for case in cases):
+        counts = ", ".join(
+            f"{large.size_label(size)} x {count:,}" for size, count in large_messages.items()
+        )
+        print(
+            f"{mode.name} mode, large payloads: {counts}, median of {large_repeats}; "
+            "GB = 10**9 bytes"
+        )
+
     print(f"JSON: {path}", file=sys.stderr)
     return 0
 
@@ -205,12 +316,12 @@ def _workload(
 ) -> Workload:
     """Return the workload of one run of ``case``, on an endpoint of its own."""
     group, port = private_endpoint(rng) if case.transport == "udpm" else ("", 0)
-    return Workload(
+    work = Workload(
         group,
         port,
         slow_messages if case.slow else messages,
-        PAYLOAD_SIZE,
-        mode.idle_timeout,
+        case.size or PAYLOAD_SIZE,
+        mode.idle_timeout if case.size is None else large.IDLE_TIMEOUT,
         START_TIMEOUT,
         loop=case.loop or "asyncio",
         profile=str(profile) if profile else None,
@@ -221,6 +332,7 @@ def _workload(
         policy=case.policy or "drop_oldest",
         slow_work=SLOW_WORK if case.slow else 0.0,
     )
+    return work if case.size is None else large.workload(work, case.mode)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -279,6 +391,35 @@ def _parser() -> argparse.ArgumentParser:
         ),
     )
     parser.add_argument(
+        "--large-size",
+        action="append",
+        type=_size,
+        metavar="BYTES",
+        help=(
+            "payload size of the large scenario (suffixes K, M, G: KiB, MiB, GiB); repeat "
+            "for several (default: 1M and 64M)"
+        ),
+    )
+    parser.add_argument(
+        "--large-bytes",
+        type=_size,
+        metavar="BYTES",
+        help=(
+            "payload bytes per large-scenario run and subscriber: BYTES // size messages, "
+            f"at least {QUICK.large_min_messages} quick, {FULL.large_min_messages} full "
+            "(default: "
+            + "; ".join(
+                f"{mode.name} "
+                + ", ".join(
+                    f"{large.size_label(size)} x {mode.large_messages(size)}"
+                    for size in large.SIZES
+                )
+                for mode in (QUICK, FULL)
+            )
+            + ")"
+        ),
+    )
+    parser.add_argument(
         "--repeats",
         type=_at_least(1),
         metavar="R",
@@ -300,6 +441,20 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _size(text: str) -> int:
+    """Parse ``1048576``, ``512K``, ``1M`` or ``2G`` (binary units) as a positive byte count."""
+    shift = {"K": 10, "M": 20, "G": 30}.get(text[-1:].upper(), 0)
+    try:
+        value = int(text[:-1] if shift else text) << shift
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 1048576, 64M)") from None
+
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"a size is at least 1 byte, not {text}")
+
+    return value
+
+
 def _at_least(minimum: int) -> Callable[[str], int]:
     def parse(text: str) -> int:
         value = int(text)
@@ -314,7 +469,13 @@ def _at_least(minimum: int) -> Callable[[str], int]:
 def _progress(repeat: int, repeats: int, case: Case, run: CaseRun) -> None:
     metrics = report.run_metrics(run)
     line = f"[{repeat + 1}/{repeats}] {case.id:<40} sent {metrics['send_rate'] or 0:>10,.0f}/s"
-    if case.slow:
+    if case.size is not None:
+        line += (
+            f"  delivered {metrics.get('subscriber_gbps') or 0:>6.2f} GB/s per sub"
+            f" {metrics.get('total_gbps') or 0:>6.2f} total"
+            f"  loss {100 * (metrics['loss'] or 0):5.1f} %"
+        )
+    elif case.slow:
         line += (
             f"  fast {metrics.get('fast_rate') or 0:>10,.0f}/s"
             f"  slow {metrics.get('slow_rate') or 0:>8,.0f}/s"

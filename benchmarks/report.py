@@ -34,6 +34,15 @@ received (``drop_oldest`` keeps the newest messages, ``drop_newest`` does not); 
 ``drops_equal``, 1 when the publisher's ``send_drops`` equals the subscribers'
 summed ``gaps`` (every drop the publisher made was seen), else 0.
 
+For the large-payload scenario (:mod:`benchmarks.large`) each run also has
+``subscriber_gbps`` and ``total_gbps`` (the rates above times the payload size, in
+GB/s, GB = 10**9 bytes), ``corrupt`` (payloads whose checksum was not the expected
+one, summed over subscribers; ``None`` where not checked) and, for asyncbus, the
+publisher's ``segments_created`` and ``segments_reused`` over its send loop; and
+``publisher_faults``, ``subscriber_faults``: minor page faults per message (the
+publisher's over its send loop, the mean over subscribers of theirs from the first
+message to the end; ``getrusage``).
+
 A case's result is the median of each metric over its runs, each metric on its own,
 with the smallest and largest value of each rate beside it.
 """
@@ -51,6 +60,8 @@ import sys
 from typing import TYPE_CHECKING, Final
 
 import asyncbus
+
+from .large import size_label
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
@@ -78,6 +89,8 @@ RATES: Final = (
     "total_rate",
     "fast_rate",
     "slow_rate",
+    "subscriber_gbps",
+    "total_gbps",
 )
 
 # The metrics compared with the raw baseline: asyncbus / raw, > 1 means asyncbus is faster.
@@ -132,6 +145,34 @@ def run_metrics(run: CaseRun) -> Metrics:
             None if send_drops is None or gaps is None else float(send_drops == gaps)
         )
 
+    readers = [
+        reader
+        for report in subscribers
+        if isinstance(reader := report.counters.get("reader"), dict)
+    ]
+    if readers:  # the large scenario: every subscriber read every byte
+        size: int = max(reader["size"] for reader in readers)
+        for name in ("subscriber", "total"):
+            rate = metrics[f"{name}_rate"]
+            metrics[f"{name}_gbps"] = None if rate is None else rate * size / 1e9
+
+        checked = all(reader["checked"] for reader in readers)
+        corrupt = sum(reader["corrupt"] for reader in readers)
+        metrics["corrupt"] = float(corrupt) if checked else None
+        for name in ("segments_created", "segments_reused"):
+            value = _bus_counter(publisher, name, "bus_after_data")
+            metrics[name] = _number_or_none(value)
+
+        faults = _bus_counter(publisher, "minor_faults", "process")
+        metrics["publisher_faults"] = None if faults is None else faults / sent
+        per_message = [
+            faults / report.received
+            for report in subscribers
+            if report.received
+            and (faults := _bus_counter(report, "minor_faults", "process")) is not None
+        ]
+        metrics["subscriber_faults"] = statistics.fmean(per_message) if per_message else None
+
     return metrics
 
 
@@ -161,6 +202,8 @@ def case_result(case: Case, runs: Sequence[CaseRun], ratios: Metrics | None) -> 
         "transport": case.transport,
         "policy": case.policy,
         "slow": case.slow,
+        "size": case.size,
+        "mode": case.mode,
         "median": median_metrics(runs),
         "range": {
             name: [min(values), max(values)]
@@ -251,9 +294,11 @@ def markdown(cases: Sequence[tuple[Case, Sequence[CaseRun], Metrics | None]]) ->
     """Return the results in GitHub markdown: one table per transport family and scenario.
 
     :param cases: each case with its runs and its ratios to raw (or ``None``).
-    :return: a heading and a table for each of udpm throughput, AF_UNIX throughput and
-        slow subscribers that has cases.
+    :return: a heading and a table for each of udpm throughput, AF_UNIX throughput,
+        slow subscribers and large payloads that has cases.
     """
+    large = [item for item in cases if item[0].size is not None]
+    cases = [item for item in cases if item[0].size is None]
     udpm = [item for item in cases if item[0].transport == "udpm" and not item[0].slow]
     unix = [item for item in cases if item[0].transport != "udpm" and not item[0].slow]
     slow = [item for item in cases if item[0].slow]
@@ -266,6 +311,11 @@ def markdown(cases: Sequence[tuple[Case, Sequence[CaseRun], Metrics | None]]) ->
 
     if slow:
         sections.append("### AF_UNIX, one fast and one slow subscriber\n\n" + _slow_table(slow))
+
+    if large:
+        sections.append(
+            "### Large payloads, every byte read (GB = 10**9 bytes)\n\n" + _large_table(large)
+        )
 
     return "\n\n".join(sections)
 
@@ -358,6 +408,58 @@ def _slow_table(cases: Sequence[tuple[Case, Sequence[CaseRun], Metrics | None]])
         lines.append("| " + " | ".join(cells) + " |")
 
     return "\n".join(lines)
+
+
+def _large_table(cases: Sequence[tuple[Case, Sequence[CaseRun], Metrics | None]]) -> str:
+    lines = [
+        "| system | mode | loop | size | fan-out | msg/s per sub | GB/s per sub | GB/s total "
+        "| loss | corrupt | vs stream (per sub) | vs stream (total) | segments new / reused "
+        "| CPU ms/msg pub | CPU ms/msg sub | faults/msg pub | faults/msg sub |",
+        "|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+    ]
+    for case, runs, ratios in cases:
+        median = median_metrics(runs)
+        ratios = ratios or {}
+        stream = case.transport == "stream"
+        segments = "-"
+        if not stream:
+            created, reused = median.get("segments_created"), median.get("segments_reused")
+            segments = f"{_number(created)} / {_number(reused)}"
+
+        cells = [
+            "stream (copy)" if stream else f"asyncbus {case.transport}",
+            "sendall" if stream else (case.mode or "-"),
+            case.loop or "-",
+            _size(case.size),
+            f"1→{case.fanout}",
+            _decimal(median["subscriber_rate"]),
+            _hundredths(median.get("subscriber_gbps")),
+            _hundredths(median.get("total_gbps")),
+            _percent(max(run_metrics(run)["loss"] or 0.0 for run in runs), digits=3),
+            _number(_largest(runs, "corrupt")),
+            _times(ratios.get("subscriber_rate")),
+            _times(ratios.get("total_rate")),
+            segments,
+            _hundredths(_milli(median["publisher_cpu_us"])),
+            _hundredths(_milli(median["subscriber_cpu_us"])),
+            _number(median.get("publisher_faults")),
+            _number(median.get("subscriber_faults")),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+
+    return "\n".join(lines)
+
+
+def _size(size: int | None) -> str:
+    return "-" if size is None else size_label(size)
+
+
+def _milli(micro: float | None) -> float | None:
+    return None if micro is None else micro / 1000
+
+
+def _hundredths(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
 
 
 def _largest(runs: Sequence[CaseRun], name: str) -> float | None:

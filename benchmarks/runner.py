@@ -17,6 +17,7 @@ from multiprocessing import get_context
 from multiprocessing.connection import wait
 from typing import TYPE_CHECKING, Final, TypeAlias, TypeVar
 
+from . import large
 from .common import GO, READY, STOP, PublisherReport, SubscriberReport, WorkerFailed, Workload
 
 if TYPE_CHECKING:
@@ -52,9 +53,14 @@ class Case:
     :param implementation: ``"raw"`` or ``"asyncbus"``.
     :param loop: the event loop for asyncbus (``"asyncio"``, ``"uvloop"``); ``None`` for raw.
     :param fanout: how many subscriber processes.
-    :param transport: ``"udpm"``, ``"unix"`` or ``"seqpacket"``.
+    :param transport: ``"udpm"``, ``"unix"``, ``"seqpacket"``, or ``"stream"`` (the
+        large scenario's baseline: AF_UNIX SOCK_STREAM).
     :param policy: the overflow policy of the asyncbus subscriptions (``None`` for raw).
     :param slow: one fast and one slow subscriber (the slow-subscriber scenario).
+    :param size: the payload size of the large-payload scenario (:mod:`benchmarks.large`;
+        its raw baseline has the transport ``"stream"``); ``None`` in the others.
+    :param mode: how the large scenario's asyncbus publisher fills a payload
+        (:data:`benchmarks.large.MODES`); ``None`` otherwise.
     """
 
     implementation: str
@@ -63,6 +69,8 @@ class Case:
     transport: str = "udpm"
     policy: str | None = None
     slow: bool = False
+    size: int | None = None
+    mode: str | None = None
 
     @property
     def id(self) -> str:
@@ -70,21 +78,33 @@ class Case:
 
         ``asyncbus-uvloop-1to4`` (udpm, the names of the first version),
         ``unix-raw-1to1``, ``seqpacket-asyncbus-asyncio-1to4``,
-        ``unix-asyncbus-asyncio-slow-drop_newest``.
+        ``unix-asyncbus-asyncio-slow-drop_newest``,
+        ``large-unix-asyncbus-uvloop-loan_copy-64MiB-1to4``, ``large-stream-raw-1MiB-1to1``.
         """
         transport = None if self.transport == "udpm" else self.transport
         shape = f"slow-{self.policy}" if self.slow else f"1to{self.fanout}"
-        parts = [transport, self.implementation, self.loop, shape]
+        size = None if self.size is None else large.size_label(self.size)
+        parts = ["large" if size else None, transport, self.implementation, self.loop]
+        parts += [self.mode, size, shape]
         return "-".join(part for part in parts if part)
 
     @property
     def baseline(self) -> Case:
-        """The raw case this one is compared with: same transport, same fan-out."""
+        """The raw case this one is compared with: same transport, same fan-out.
+
+        In the large scenario: the stream baseline with the same payload size and fan-out.
+        """
+        if self.size is not None:
+            return Case("raw", None, self.fanout, "stream", size=self.size)
+
         return Case("raw", None, self.fanout, self.transport)
 
     def workers(self) -> tuple[Worker, Worker]:
         """Return the publisher's and the subscribers' process entry points."""
         # Imported here so that each worker process imports its own module only.
+        if self.size is not None:
+            return large.run_publisher, large.run_subscriber
+
         if self.implementation == "raw" and self.transport == "udpm":
             from . import raw
 
@@ -161,10 +181,11 @@ def run_case(case: Case, work: Workload) -> CaseRun:
         # A subscriber stops at the end marker, or start_timeout + idle_timeout after
         # it last heard something; the send itself takes what it takes (a slow
         # subscriber with a `block` policy sets the pace: slow_work per message).
+        # Large payloads: at least 50 MB/s (10 to 100 times less than measured).
         budget = (
             work.start_timeout
             + 2 * work.idle_timeout
-            + work.messages * (1 / 1_000 + 4 * work.slow_work)
+            + work.messages * (1 / 1_000 + 4 * work.slow_work + work.size / 50e6)
         )
         reports = _collect(subscribers, SubscriberReport, budget)
         publisher.send(STOP)

@@ -3,7 +3,8 @@
 Nothing here judges speed; the numbers are for people, in the JSON and the table. What
 is checked besides "it runs" are the accounting rules the AF_UNIX cases exist to show:
 no message vanishes without a counter, every drop a publisher makes is a gap at a
-subscriber, and ``block`` subscriptions lose nothing.
+subscriber, and ``block`` subscriptions lose nothing; and that large payloads arrive
+whole (every checksum the expected one) in a shared segment each.
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ SLOW_CASES = {
     for transport in ("unix", "seqpacket")
     for policy in ("drop_oldest", "drop_newest", "block")
 }
+LARGE_MESSAGES = 3  # of 1 MiB: enough for a rate (two intervals), and quick
+LARGE_MODES = {"publish", "loan_copy", "loan_header"}
 
 
 def _loopback_multicast() -> bool:
@@ -116,6 +119,7 @@ def test_quick_run_reports_every_udpm_case(tmp_path: Path) -> None:
 def test_quick_run_reports_every_unix_case(tmp_path: Path) -> None:
     require(_abstract_seqpacket(), "this kernel has no AF_UNIX SOCK_SEQPACKET (Linux >= 2.6.4)")
     options = ("--transport", "unix", "--transport", "seqpacket")
+    options += ("--scenario", "throughput", "--scenario", "slow")  # large: its own test
     document, table = _run_quick(tmp_path, *options, "--slow-messages", str(SLOW_MESSAGES))
     assert document["settings"]["slow_messages"] == SLOW_MESSAGES
 
@@ -144,3 +148,42 @@ def test_quick_run_reports_every_unix_case(tmp_path: Path) -> None:
     assert "### AF_UNIX, one fast and one slow subscriber" in table
     rows = [line for line in table if line.startswith(("| unix ", "| seqpacket "))]
     assert len(rows) == len(UNIX_CASES | SLOW_CASES), table
+
+
+def test_quick_run_reports_the_large_scenario(tmp_path: Path) -> None:
+    require(_abstract_seqpacket(), "this kernel has no AF_UNIX SOCK_SEQPACKET (Linux >= 2.6.4)")
+    options = ("--scenario", "large", "--large-size", "1M", "--large-bytes", "3M")
+    document, table = _run_quick(tmp_path, *options)
+    assert document["settings"]["large"]["messages"] == {"1MiB": LARGE_MESSAGES}
+
+    cases = {case["id"]: case for case in document["cases"]}
+    # Quick mode: per fan-out the stream baseline and each publisher mode once.
+    for fanout in (1, 4):
+        block = [case for case in cases.values() if case["fanout"] == fanout]
+        assert {case["id"] for case in block if case["transport"] == "stream"} == {
+            f"large-stream-raw-1MiB-1to{fanout}"
+        }
+        modes = [case["mode"] for case in block if case["implementation"] == "asyncbus"]
+        assert sorted(modes) == sorted(LARGE_MODES), block
+
+    assert len(cases) == 8
+    for case_id, case in cases.items():
+        assert case["size"] == 1 << 20, case_id
+        metrics = case["runs"][0]["metrics"]
+        for rate in (*RATES, "subscriber_gbps", "total_gbps"):
+            assert metrics[rate] > 0, f"{case_id}: {rate} is {metrics[rate]}"
+
+        assert metrics["loss"] == 0, f"{case_id}: lost {metrics['loss']:.2%}"
+        if case["mode"] != "loan_header":  # its payload is whatever the segment held
+            assert metrics["corrupt"] == 0, f"{case_id}: a payload changed while read"
+
+        if case["implementation"] == "asyncbus":
+            assert metrics["unaccounted"] == 0, f"{case_id}: messages vanished silently"
+            assert case["ratio_vs_raw"]["subscriber_rate"] > 0, case_id
+            # Every payload went in a shared segment, new or reused.
+            segments = metrics["segments_created"] + metrics["segments_reused"]
+            assert segments == LARGE_MESSAGES, f"{case_id}: {metrics}"
+
+    assert "### Large payloads, every byte read (GB = 10**9 bytes)" in table
+    rows = [line for line in table if line.startswith(("| stream ", "| asyncbus "))]
+    assert len(rows) == len(cases), table
