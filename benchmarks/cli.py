@@ -170,7 +170,7 @@ FULL: Final = Mode(
     slow_messages=20_000,
     # 1 MiB x 512, 64 MiB x 20 (more than the 16 that fill the default segment_memory,
     # so that segment reuse shows), median of 5: 52 cases, 176 processes per repeat;
-    # 3 repeats took 4 min 50 s on a 2-core machine with a load average of 4.
+    # 6 min 40 s on a 2-core machine with a load average of 3 to 4.
     large_bytes=512 << 20,
     large_min_messages=20,
     large_repeats=5,
