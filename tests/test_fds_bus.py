@@ -6,8 +6,9 @@ What is checked here, with real processes and real sockets:
   processes, and the receiver owns non-inheritable duplicates (`TestBetweenProcesses`);
 * no fd is left open after any way a message can end: cancelled or failed
   publishes, a dead peer, overflow, a closed subscription, nobody subscribed,
-  garbage collection (`TestFDCounts`; conftest checks this process's fds after
-  every test too, and the child members report theirs);
+  garbage collection (`TestFDCounts`; `fds_unchanged` checks this process's fds
+  and `asyncbus.fd_budget` around each scenario, conftest checks the fds again
+  after every test, and the child members report theirs);
 * a 64 MiB payload reaches four processes intact, from bytes and from a loan,
   and the publisher reuses its segment once they release it (`TestLargePayloads`);
 * receivers cannot write the shared memory by any route, and a segment is not
@@ -16,8 +17,11 @@ What is checked here, with real processes and real sockets:
   (`WirePeer`) is counted and its fds closed (`TestForeignInput`);
 * loans (`TestLoans`), ``receive_own`` (`TestReceiveOwn`) and udpm (`TestUDPM`).
 
-The child members are ``tests/peers/fd_member.py``; every wait is bounded by
-`TIMEOUT` and nothing sleeps to wait.
+Each test that takes ``transport`` runs on a private bus of each kind in
+`FD_KINDS`, made by the conformance suite's fixture. Most scenarios start from
+`pair`: a publisher and a subscriber that already know each other. The child
+members are ``tests/peers/fd_member.py``; every wait is bounded by `TIMEOUT`
+and nothing sleeps to wait.
 """
 
 from __future__ import annotations
@@ -29,12 +33,11 @@ import ctypes
 import errno
 import fcntl
 import gc
-import itertools
 import json
 import mmap
 import os
 import re
-import shutil
+import secrets
 import signal
 import socket
 import struct
@@ -42,124 +45,135 @@ import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
 import uvloop
 
 import asyncbus
-from tests._bus_support import TIMEOUT, Child, free_url, lc02, receive, wait_until
-from tests.conftest import require
-from tests.peers.fd_member import digest, pattern
+from tests._bus_support import TIMEOUT, Child, free_url, lc02, receive, receive_many, wait_until
+from tests.conformance import conftest as conformance
+from tests.conformance._support import KINDS, Transport
+from tests.conftest import _open_fds, require
+from tests.peers.fd_member import digest, is_open, pattern
 
 MIB = 1 << 20
 CONTENT = b"known content, 32 bytes long...\n"
 F_SEAL_FUTURE_WRITE = 0x0010  # linux/fcntl.h; Python's fcntl lacks it
 FALLOC_FL_PUNCH_HOLE = 0x02 | 0x01  # with FALLOC_FL_KEEP_SIZE, as the kernel requires
 SCM_MAX_FD = 253  # include/net/scm.h
-KINDS = ("unix-abstract", "seqpacket-abstract", "unix-directory")
+SEALED = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE
 
-_names = itertools.count()
+# -- the buses ------------------------------------------------------------------------
 
+# The conformance suite's fixture: a private bus of one kind, removed after the test.
+# Bound to its name here, where pytest looks for fixtures, and parametrized below.
+transport = conformance.transport
 
-def unique(prefix: str) -> str:
-    """Return a name no other test (nor another run on this host) uses.
-
-    :param prefix: what it is for.
-    :return: ``PREFIX-PID-N``.
-    """
-    return f"{prefix}-{os.getpid()}-{next(_names)}"
-
-
-# -- bus URLs -------------------------------------------------------------------
+FD_KINDS = tuple(
+    kind for kind in KINDS if kind.id in {"unix-abstract", "seqpacket-abstract", "unix-directory"}
+)
+"""The kinds each test runs on: both unix schemes, both namespaces."""
 
 
-class BusURL:
-    """A private unix bus for one test; call it with options to get its URL."""
-
-    def __init__(self, scheme: str, base: str) -> None:
-        self.scheme = scheme
-        self.base = base
-
-    def __call__(self, **options: str | int | float) -> str:
-        """Return the bus URL with ``options`` in its query.
-
-        :param options: transport options (``peer_queue=2`` ...).
-        :return: the URL.
-        """
-        query = "&".join(f"{name}={value}" for name, value in options.items())
-        return f"{self.base}?{query}" if query else self.base
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    # The conformance conftest parametrizes ``transport`` only for its own tests.
+    if "transport" in metafunc.fixturenames:
+        ids = [kind.id for kind in FD_KINDS]
+        metafunc.parametrize("transport", FD_KINDS, ids=ids, indirect=True)
 
 
-def _seqpacket_works() -> bool:
-    try:
-        socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET).close()
-    except OSError:
-        return False
-
-    return True
-
-
-@pytest.fixture(params=KINDS, ids=KINDS)
-def bus_url(request: pytest.FixtureRequest) -> Iterator[BusURL]:
-    """A fresh bus of each unix kind: abstract datagram, abstract seqpacket, a directory."""
+@pytest.fixture(autouse=True)
+def _linux() -> None:
     require(sys.platform.startswith("linux"), "fd passing with sealed memfds is Linux only")
-    kind: str = request.param
-    scheme, _, form = kind.partition("-")
-    if scheme == "seqpacket":
-        require(_seqpacket_works(), "this kernel has no AF_UNIX SOCK_SEQPACKET (Linux has)")
-
-    if form == "abstract":
-        yield BusURL(scheme, f"{scheme}:@{unique('fd')}")
-        return
-
-    directory = tempfile.mkdtemp(prefix="abfd-", dir="/tmp")  # short: sun_path is 108 bytes
-    try:
-        yield BusURL(scheme, f"{scheme}://{directory}")
-    finally:
-        shutil.rmtree(directory, ignore_errors=True)
 
 
 # -- fds of this process ---------------------------------------------------------
 
 
-def fd_table() -> dict[int, str]:
-    """Return this process's open fds and what each refers to."""
-    fds: dict[int, str] = {}
-    for name in os.listdir("/proc/self/fd"):
-        with contextlib.suppress(OSError):  # the listing's own fd, closed by now
-            fds[int(name)] = os.readlink(f"/proc/self/fd/{name}")
+@contextlib.contextmanager
+def closing_fds(*fds: int) -> Iterator[tuple[int, ...]]:
+    """Close ``fds`` after the block, whatever happens.
 
-    return fds
-
-
-def assert_no_new_fds(before: dict[int, str], what: str) -> None:
-    """Fail if fds are open now that were not in ``before``.
-
-    :param before: a `fd_table` snapshot.
-    :param what: the scenario, for the message.
+    :return: (yields) ``fds``.
     """
-    gc.collect()
-    extra = {fd: target for fd, target in fd_table().items() if before.get(fd) != target}
-    assert not extra, f"{what}: fds left open: {extra}"
-
-
-def is_open(fd: int) -> bool:
-    """Tell whether ``fd`` is open."""
     try:
-        os.fstat(fd)
-    except OSError:
-        return False
+        yield fds
+    finally:
+        for fd in fds:
+            os.close(fd)
 
-    return True
+
+def pipe() -> contextlib.AbstractContextManager[tuple[int, ...]]:
+    """A new pipe for a block: ``with pipe() as (read_end, write_end):``."""
+    return closing_fds(*os.pipe())
+
+
+@contextlib.contextmanager
+def memfd(content: bytes, seals: int = 0) -> Iterator[int]:
+    """A memfd for a block, holding ``content``, with ``seals`` added."""
+    fd = os.memfd_create("fdtest", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+    with closing_fds(fd):
+        os.write(fd, content)
+        if seals:
+            fcntl.fcntl(fd, fcntl.F_ADD_SEALS, seals)
+
+        yield fd
+
+
+@contextlib.contextmanager
+def regular_file(content: bytes) -> Iterator[int]:
+    """An unnamed regular file for a block, holding ``content``; yields its fd."""
+    with tempfile.TemporaryFile() as file:
+        file.write(content)
+        file.flush()
+        yield file.fileno()
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """What this process had when a block started (see `fds_unchanged`).
+
+    :ivar fds: its open fds and what each refers to.
+    :ivar held: `asyncbus.fd_budget.held`.
+    """
+
+    fds: dict[int, str]
+    held: int
+
+
+@contextlib.contextmanager
+def fds_unchanged(what: str) -> Iterator[Snapshot]:
+    """Fail if a block leaves fds open or `asyncbus.fd_budget` holding more or less.
+
+    Checked when the block ends without an exception (one would say more).
+
+    :param what: the scenario, for the messages.
+    :return: (yields) the snapshot the end is compared with, for checks in between.
+    """
+    before = Snapshot(_open_fds(), asyncbus.fd_budget.held)
+    yield before
+    gc.collect()
+    extra = {fd: target for fd, target in _open_fds().items() if before.fds.get(fd) != target}
+    assert not extra, f"{what}: fds left open: {extra}"
+    held = asyncbus.fd_budget.held
+    assert held == before.held, f"{what}: the fd budget holds {held}, not {before.held}"
 
 
 def closed_fd() -> int:
     """Return an fd number that is not open (a pipe's, just closed)."""
-    read_end, write_end = os.pipe()
-    os.close(read_end)
-    os.close(write_end)
-    return write_end
+    with pipe() as (_, write_end):
+        return write_end
+
+
+@contextlib.contextmanager
+def raises_ebadf() -> Iterator[None]:
+    """Expect the block to raise `OSError` with ``EBADF``."""
+    with pytest.raises(OSError, match="Bad file descriptor") as bad:
+        yield
+
+    assert bad.value.errno == errno.EBADF
 
 
 @contextlib.contextmanager
@@ -171,23 +185,6 @@ def budget_limit(limit: int) -> Iterator[None]:
         yield
     finally:
         asyncbus.fd_budget.limit = saved
-
-
-def memfd_with(content: bytes, seals: int = 0, size: int | None = None) -> int:
-    """Return a memfd holding ``content``, truncated to ``size``, with ``seals`` added."""
-    fd = os.memfd_create("fdtest", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
-    try:
-        os.write(fd, content)
-        if size is not None:
-            os.ftruncate(fd, size)
-
-        if seals:
-            fcntl.fcntl(fd, fcntl.F_ADD_SEALS, seals)
-    except BaseException:
-        os.close(fd)
-        raise
-
-    return fd
 
 
 # -- addresses of memory, for mprotect --------------------------------------------
@@ -245,6 +242,20 @@ def punch_hole_errno(fd: int) -> int:
         return 0
 
     return ctypes.get_errno()
+
+
+def assert_refused(route: str, attempt: Callable[[], object]) -> None:
+    """Fail unless ``attempt`` raises `PermissionError`.
+
+    :param route: the way it tries to write, for the message.
+    :param attempt: the try.
+    """
+    try:
+        attempt()
+    except PermissionError:
+        return
+
+    pytest.fail(f"a receiver could write the shared memory: {route}")
 
 
 # -- a bus member in another process ---------------------------------------------
@@ -323,21 +334,135 @@ async def members(url: str, count: int) -> AsyncIterator[list[FDMember]]:
         yield started
 
 
-async def wait_subscribers(bus: asyncbus.Bus, topic: str, count: int = 1) -> None:
-    """Wait (bounded) until ``count`` other members subscribed to ``topic``."""
-    async with asyncio.timeout(TIMEOUT):
-        await bus.topic(topic).wait_subscribers(count)
+@contextlib.asynccontextmanager
+async def child_not_reading(
+    transport: Transport, peer_queue: int
+) -> AsyncIterator[tuple[asyncbus.Bus, FDMember]]:
+    """Open a bus and a child member subscribed to ``"t"`` that reads nothing until told.
 
-
-async def released(holder: asyncbus.Bus, acks: asyncbus.Subscription) -> None:
-    """Return once the bus that owns ``acks`` has read every RELEASE ``holder`` sent so far.
-
-    RELEASE goes out (batched) on the loop turn after a release; a message
-    published behind it on the same link arrives after it.
+    The child's subscription has the block policy and room for one message, and
+    the bus queues ``peer_queue`` frames for it: soon a publish has to wait.
     """
-    await asyncio.sleep(0)  # one loop turn, for the batched RELEASE: not a wait
-    await holder.publish(acks.pattern, b"ack")
-    await receive(acks)
+    url = transport.url(peer_queue=peer_queue, stall_timeout=60)
+    async with asyncbus.connect(url) as bus, members(url, 1) as (child,):
+        await child.call("subscribe", topic="t", policy="block", maxsize=1)
+        await transport.subscribed(bus, "t")
+        yield bus, child
+
+
+# -- two members in this process --------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Pair:
+    """A publisher and a subscriber on one bus, each knowing the other's subscriptions.
+
+    :ivar publisher: subscribed to ``"ack"`` (`acks`), for `released`.
+    :ivar subscriber: subscribed to the topics given to `pair` (`subs`), then to
+        ``"fence"`` with the block policy, for `fence`.
+    """
+
+    publisher: asyncbus.Bus
+    subscriber: asyncbus.Bus
+    acks: asyncbus.Subscription
+    subs: list[asyncbus.Subscription]
+    fences: asyncbus.Subscription
+
+    @property
+    def sub(self) -> asyncbus.Subscription:
+        """The subscriber's first subscription."""
+        return self.subs[0]
+
+    async def fence(self) -> None:
+        """Return once the subscriber has read every message the publisher sent so far."""
+        await self.publisher.publish("fence", b"")
+        await receive(self.fences)
+
+    async def released(self) -> None:
+        """Return once the publisher has read every RELEASE the subscriber sent so far.
+
+        RELEASE goes out (batched) on the loop turn after a release; a message
+        published behind it on the same link arrives after it.
+        """
+        await asyncio.sleep(0)  # one loop turn, for the batched RELEASE: not a wait
+        await self.subscriber.publish("ack", b"ack")
+        await receive(self.acks)
+
+
+@contextlib.asynccontextmanager
+async def pair(
+    transport: Transport,
+    *topics: str | re.Pattern[str],
+    publisher_url: str | None = None,
+    **subscribe: Any,
+) -> AsyncIterator[Pair]:
+    """Open a `Pair` and wait until each member knows the other's subscriptions.
+
+    :param topics: what the subscriber subscribes to (``"t"`` if none), with
+        the options ``subscribe``; the publisher waits for the first, if a string.
+    :param publisher_url: the publisher's URL (default: ``transport.url()``).
+    """
+    topics = topics or ("t",)
+    async with contextlib.AsyncExitStack() as stack:
+        publisher = await stack.enter_async_context(
+            asyncbus.connect(publisher_url or transport.url())
+        )
+        subscriber = await stack.enter_async_context(asyncbus.connect(transport.url()))
+        acks = await stack.enter_async_context(publisher.subscribe("ack"))
+        subs = [
+            await stack.enter_async_context(subscriber.subscribe(topic, **subscribe))
+            for topic in topics
+        ]
+        fences = await stack.enter_async_context(subscriber.subscribe("fence", policy="block"))
+        if isinstance(topics[0], str):
+            await transport.subscribed(publisher, topics[0])
+
+        await transport.subscribed(publisher, "fence")
+        await transport.subscribed(subscriber, "ack")
+        yield Pair(publisher, subscriber, acks, subs, fences)
+
+
+async def publish_payload(bus: asyncbus.Bus, topic: str, data: bytes, *, loan: bool) -> None:
+    """Publish ``data`` from bytes, or (``loan``) written into a `Bus.loan`."""
+    if not loan:
+        await bus.publish(topic, data)
+        return
+
+    async with bus.loan(len(data)) as lent:
+        lent.data[:] = data
+        await bus.publish(topic, lent)
+
+
+async def expect_payload(sub: asyncbus.Subscription, data: bytes) -> None:
+    """Receive one message, check it maps ``data`` (shared memory), and release it."""
+    with await receive(sub) as msg:
+        assert isinstance(msg.data, memoryview)
+        assert digest(msg.data) == digest(data)
+
+
+def assert_segments(bus: asyncbus.Bus, created: int, reused: int, when: str = "") -> None:
+    """Check how many segments ``bus`` made and how many times it reused one."""
+    stats = bus.statistics()
+    assert (stats.segments_created, stats.segments_reused) == (created, reused), f"{when} {stats}"
+
+
+async def publish_until_blocked(
+    bus: asyncbus.Bus, fds: list[int]
+) -> tuple[int, asyncio.Future[None]]:
+    """Publish fd messages on ``"t"`` until one has not gone out within half a second.
+
+    :return: how many went out, and the publish that waits (for a subscriber that
+        does not read).
+    """
+    for published in range(5000):
+        publishing = asyncio.ensure_future(bus.publish("t", b"fds", fds=fds))
+        done, _ = await asyncio.wait({publishing}, timeout=0.5)
+        if not done:
+            return published, publishing
+
+        publishing.result()
+
+    pytest.fail("publish() never blocked on a block subscriber that does not read")
 
 
 # -- a peer that speaks the wire format by hand ------------------------------------
@@ -371,14 +496,26 @@ def release_frame(*loans: int) -> bytes:
     return RELEASE.pack(b"ABRL", len(loans)) + struct.pack(f">{len(loans)}I", *loans)
 
 
-def address_of(sender: str) -> bytes:
-    """Return the ``sun_path`` of a member from its ``Sender.address``."""
-    return b"\0" + sender[1:].encode() if sender.startswith("@") else os.fsencode(sender)
-
-
 def _wake(future: asyncio.Future[None]) -> None:
     if not future.done():
         future.set_result(None)
+
+
+async def wait_ready(sockets: list[socket.socket], *, writing: bool = False) -> None:
+    """Return once one of ``sockets`` can be read (``writing``: written)."""
+    loop = asyncio.get_running_loop()
+    watch, unwatch = (
+        (loop.add_writer, loop.remove_writer) if writing else (loop.add_reader, loop.remove_reader)
+    )
+    ready = loop.create_future()
+    for sock in sockets:
+        watch(sock.fileno(), _wake, ready)
+
+    try:
+        await ready
+    finally:
+        for sock in sockets:
+            unwatch(sock.fileno())
 
 
 class WirePeer:
@@ -393,10 +530,10 @@ class WirePeer:
     :ivar released: loans named in the RELEASE frames it received so far.
     """
 
-    def __init__(self, scheme: str, member: str, *, fds: bool = True) -> None:
-        self.kind = socket.SOCK_DGRAM if scheme == "unix" else socket.SOCK_SEQPACKET
-        self.address = f"\0fdtest-wire/{unique('peer')}".encode()
-        self.member = address_of(member)
+    def __init__(self, transport: Transport, member: str, *, fds: bool = True) -> None:
+        self.kind = socket.SOCK_DGRAM if transport.scheme == "unix" else socket.SOCK_SEQPACKET
+        self.address = f"\0fdtest-wire/{secrets.token_hex(6)}".encode()
+        self.member = transport.socket_address(member)
         self.fds = fds
         self.seq = 0
         self.released: set[int] = set()
@@ -456,7 +593,6 @@ class WirePeer:
         link = self._link
         assert link is not None
         ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds).tobytes())]
-        loop = asyncio.get_running_loop()
         async with asyncio.timeout(TIMEOUT):
             while True:
                 try:
@@ -466,12 +602,7 @@ class WirePeer:
                     pass
 
                 # The member (in this loop) has to read first: wait until it did.
-                writable = loop.create_future()
-                loop.add_writer(link.fileno(), _wake, writable)
-                try:
-                    await writable
-                finally:
-                    loop.remove_writer(link.fileno())
+                await wait_ready([link], writing=True)
 
     async def send_message(
         self, topic: str, data: bytes, fds: list[int] | tuple[int, ...] = ()
@@ -530,7 +661,6 @@ class WirePeer:
 
     async def receive(self) -> tuple[bytes, list[int]]:
         """Return the next frame from the member and the fds that came with it (now ours)."""
-        loop = asyncio.get_running_loop()
         async with asyncio.timeout(TIMEOUT):
             while True:
                 self._accept()
@@ -538,16 +668,7 @@ class WirePeer:
                 if got is not None:
                     return got
 
-                readable = loop.create_future()
-                watched = [*self._inbound, *([self._listener] if self._listener else [])]
-                for sock in watched:
-                    loop.add_reader(sock.fileno(), _wake, readable)
-
-                try:
-                    await readable
-                finally:
-                    for sock in watched:
-                        loop.remove_reader(sock.fileno())
+                await wait_ready([*self._inbound, *([self._listener] if self._listener else [])])
 
     async def receive_where(self, wanted: Callable[[bytes], bool]) -> tuple[bytes, list[int]]:
         """Return the next frame for which ``wanted`` holds; close the fds of those skipped."""
@@ -602,33 +723,39 @@ def is_message(topic: str) -> Callable[[bytes], bool]:
     return wanted
 
 
+@contextlib.asynccontextmanager
+async def wired(
+    transport: Transport, **options: Any
+) -> AsyncIterator[tuple[asyncbus.Bus, asyncbus.Subscription, WirePeer]]:
+    """Open a bus (with ``options``) subscribed to ``"t"``, and a `WirePeer` joined to it."""
+    async with asyncbus.connect(transport.url(), **options) as bus, bus.subscribe("t") as sub:
+        assert bus.sender is not None
+        async with WirePeer(transport, bus.sender.address) as wire:
+            yield bus, sub, wire
+
+
 # -- 1. between processes ------------------------------------------------------------
 
 
 class TestBetweenProcesses:
     """fds of every kind, both ways, between this process and a child member."""
 
-    async def test_each_kind_of_fd_reaches_a_child(self, bus_url: BusURL) -> None:
-        url = bus_url()
+    async def test_each_kind_of_fd_reaches_a_child(self, transport: Transport) -> None:
+        url = transport.url()
         async with asyncbus.connect(url) as bus, members(url, 1) as (child,):
             await child.call("subscribe", topic="fds")
-            await wait_subscribers(bus, "fds")
+            await transport.subscribed(bus, "fds")
             child_before = await child.call("stats")
-            with contextlib.ExitStack() as stack:
-                file = stack.enter_context(tempfile.TemporaryFile())
-                file.write(CONTENT)
-                file.flush()
-                read_end, write_end = os.pipe()
-                stack.callback(os.close, read_end)
-                stack.callback(os.close, write_end)
-                ours, theirs = socket.socketpair()
-                stack.enter_context(ours)
-                stack.enter_context(theirs)
+            ours, theirs = socket.socketpair()
+            with (
+                ours,
+                theirs,
+                regular_file(CONTENT) as file,
+                pipe() as (read_end, write_end),
+                memfd(CONTENT) as shared,
+            ):
                 ours.setblocking(False)
-                memfd = memfd_with(CONTENT)
-                stack.callback(os.close, memfd)
-                passed = [file.fileno(), write_end, theirs.fileno(), memfd]
-
+                passed = [file, write_end, theirs.fileno(), shared]
                 await bus.topic("fds").publish(b"four fds", fds=passed)
                 assert all(is_open(fd) for fd in passed), "the publisher keeps its own fds"
                 uses = [
@@ -659,40 +786,38 @@ class TestBetweenProcesses:
             assert child_after["budget_held"] == 0
             await child.close()
 
-    async def test_a_child_passes_each_kind_of_fd(self, bus_url: BusURL) -> None:
-        url = bus_url()
+    async def test_a_child_passes_each_kind_of_fd(self, transport: Transport) -> None:
+        url = transport.url()
         async with (
             asyncbus.connect(url) as bus,
             bus.subscribe("back") as sub,
             members(url, 1) as (child,),
         ):
             await child.call("wait_subscribers", topic="back")
-            before = fd_table()
-            held = asyncbus.fd_budget.held
-            kinds = ["pipe", "memfd", "file", "socket"]
-            await child.call("publish", topic="back", fds=kinds, content=CONTENT.hex())
-            msg = await receive(sub)
-            assert list(map(is_open, msg.fds)) == [True] * 4
-            assert asyncbus.fd_budget.held == held + 4, "received fds count in the budget"
-            assert [os.get_inheritable(fd) for fd in msg.fds] == [False] * 4
+            with fds_unchanged("after taking and closing a child's fds") as start:
+                kinds = ["pipe", "memfd", "file", "socket"]
+                await child.call("publish", topic="back", fds=kinds, content=CONTENT.hex())
+                msg = await receive(sub)
+                assert list(map(is_open, msg.fds)) == [True] * 4
+                assert asyncbus.fd_budget.held == start.held + 4, "received fds count in the budget"
+                assert [os.get_inheritable(fd) for fd in msg.fds] == [False] * 4
 
-            fds = msg.take_fds()
-            assert not msg.fds and msg.take_fds() == [], "the fds were taken"
-            assert asyncbus.fd_budget.held == held, "taken fds are the caller's, not counted"
-            msg.release()
-            assert all(is_open(fd) for fd in fds), "release() closed taken fds"
-            try:
-                pipe, memfd, file, sock = fds
-                assert os.read(pipe, 100) == CONTENT and os.read(pipe, 100) == b"", "pipe"
-                assert os.pread(memfd, 100, 0) == CONTENT, "memfd"
-                assert os.pread(file, 100, 0) == CONTENT, "regular file"
-                with socket.socket(fileno=os.dup(sock)) as received:
-                    assert received.recv(100) == CONTENT and received.recv(100) == b"", "socket"
-            finally:
-                for fd in fds:
-                    os.close(fd)
+                fds = msg.take_fds()
+                assert not msg.fds and msg.take_fds() == [], "the fds were taken"
+                assert asyncbus.fd_budget.held == start.held, (
+                    "taken fds are the caller's, not counted"
+                )
+                msg.release()
+                assert all(is_open(fd) for fd in fds), "release() closed taken fds"
+                with closing_fds(*fds) as (pipe_end, shared, file, sock):
+                    assert os.read(pipe_end, 100) == CONTENT and os.read(pipe_end, 100) == b"", (
+                        "pipe"
+                    )
+                    assert os.pread(shared, 100, 0) == CONTENT, "memfd"
+                    assert os.pread(file, 100, 0) == CONTENT, "regular file"
+                    with socket.socket(fileno=os.dup(sock)) as received:
+                        assert received.recv(100) == CONTENT and received.recv(100) == b"", "socket"
 
-            assert_no_new_fds(before, "after taking and closing a child's fds")
             await child.close()
 
 
@@ -702,104 +827,69 @@ class TestBetweenProcesses:
 class TestFDCounts:
     """Every way a message with fds can end closes them: nothing is left open."""
 
-    async def test_publish_errors_open_nothing(self, bus_url: BusURL) -> None:
-        async with (
-            asyncbus.connect(bus_url()) as publisher,
-            asyncbus.connect(bus_url()) as subscriber,
-            subscriber.subscribe("t") as sub,
-        ):
-            await wait_subscribers(publisher, "t")
-            read_end, write_end = os.pipe()
-            try:
-                before = fd_table()
-                held = asyncbus.fd_budget.held
-                with pytest.raises(OSError, match="Bad file descriptor") as bad:
-                    await publisher.publish("t", b"x", fds=[write_end, closed_fd()])
-                assert bad.value.errno == errno.EBADF
-                with pytest.raises(ValueError, match="252"):
-                    await publisher.publish("t", b"x", fds=[write_end] * 253)
-                with pytest.raises(ValueError, match="not negative"):
-                    await publisher.publish("t", b"x", fds=[-1])
-                with pytest.raises(TypeError):
-                    await publisher.publish("t", b"x", fds=[True])  # a bool is no fd
-                with (
-                    budget_limit(asyncbus.fd_budget.held + 1),
-                    pytest.raises(asyncbus.FDBudgetError),
-                ):
-                    await publisher.publish("t", b"x", fds=[write_end, read_end])
-                assert_no_new_fds(before, "after failed publishes")
-                assert asyncbus.fd_budget.held == held
+    async def test_publish_errors_open_nothing(self, transport: Transport) -> None:
+        async with pair(transport) as p:
+            with pipe() as (read_end, write_end):
+                with fds_unchanged("after failed publishes"):
+                    with raises_ebadf():
+                        await p.publisher.publish("t", b"x", fds=[write_end, closed_fd()])
+                    with pytest.raises(ValueError, match="252"):
+                        await p.publisher.publish("t", b"x", fds=[write_end] * 253)
+                    with pytest.raises(ValueError, match="not negative"):
+                        await p.publisher.publish("t", b"x", fds=[-1])
+                    with pytest.raises(TypeError):
+                        await p.publisher.publish("t", b"x", fds=[True])  # a bool is no fd
+                    with (
+                        budget_limit(asyncbus.fd_budget.held + 1),
+                        pytest.raises(asyncbus.FDBudgetError),
+                    ):
+                        await p.publisher.publish("t", b"x", fds=[write_end, read_end])
 
                 # Nothing of those reached the subscriber, and the bus still works.
-                await publisher.publish("t", b"fine", fds=[write_end])
-                msg = await receive(sub)
+                await p.publisher.publish("t", b"fine", fds=[write_end])
+                msg = await receive(p.sub)
                 assert msg.data == b"fine" and len(msg.fds) == 1
                 msg.release()
                 assert is_open(write_end) and is_open(read_end)
-                stats = subscriber.statistics()
+                stats = p.subscriber.statistics()
                 assert (stats.gaps, stats.fd_drops) == (0, 0)
-            finally:
-                os.close(read_end)
-                os.close(write_end)
 
-    async def test_a_bad_fd_is_refused_with_nobody_subscribed(self, bus_url: BusURL) -> None:
-        async with asyncbus.connect(bus_url()) as bus:
-            with pytest.raises(OSError, match="Bad file descriptor") as bad:
+    async def test_a_bad_fd_is_refused_with_nobody_subscribed(self, transport: Transport) -> None:
+        async with asyncbus.connect(transport.url()) as bus:
+            with raises_ebadf():
                 await bus.publish("nobody", b"x", fds=[closed_fd()])
-            assert bad.value.errno == errno.EBADF
 
-    async def test_252_fds_with_a_large_payload(self, bus_url: BusURL) -> None:
+    async def test_252_fds_with_a_large_payload(self, transport: Transport) -> None:
         # segment_cache=0: the publisher closes a segment once it is released, so
         # this process's fds (publisher and subscriber) come back to where they were.
-        async with (
-            asyncbus.connect(bus_url(segment_cache=0)) as publisher,
-            asyncbus.connect(bus_url()) as subscriber,
-            publisher.subscribe("ack") as acks,
-            subscriber.subscribe("t") as sub,
-        ):
-            await wait_subscribers(publisher, "t")
-            await wait_subscribers(subscriber, "ack")
-            before = fd_table()
-            data = pattern(MIB, 7)
-            read_end, write_end = os.pipe()
-            try:
-                # 252 fds and the segment's memfd: SCM_MAX_FD (253) in one frame.
-                await publisher.publish("t", data, fds=[write_end] * 252)
-                with await receive(sub) as msg:
-                    assert isinstance(msg.data, memoryview)
-                    assert digest(msg.data) == digest(data)
-                    assert len(set(msg.fds)) == 252
-                    os.write(msg.fds[251], b"!")
-                    assert os.read(read_end, 1) == b"!"
-            finally:
-                os.close(read_end)
-                os.close(write_end)
+        async with pair(transport, publisher_url=transport.url(segment_cache=0)) as p:
+            with fds_unchanged("after 252 fds"):
+                data = pattern(MIB, 7)
+                with pipe() as (read_end, write_end):
+                    # 252 fds and the segment's memfd: SCM_MAX_FD (253) in one frame.
+                    await p.publisher.publish("t", data, fds=[write_end] * 252)
+                    with await receive(p.sub) as msg:
+                        assert isinstance(msg.data, memoryview)
+                        assert digest(msg.data) == digest(data)
+                        assert len(set(msg.fds)) == 252
+                        os.write(msg.fds[251], b"!")
+                        assert os.read(read_end, 1) == b"!"
 
-            await released(subscriber, acks)
-            assert_no_new_fds(before, "after 252 fds")
+                await p.released()
 
-    async def test_cancelled_blocked_publish(self, bus_url: BusURL) -> None:
-        url = bus_url(peer_queue=2, stall_timeout=60)
-        async with asyncbus.connect(url) as bus, members(url, 1) as (child,):
-            await child.call("subscribe", topic="t", policy="block", maxsize=1)
-            await wait_subscribers(bus, "t")
-            read_end, write_end = os.pipe()
-            memfd = memfd_with(CONTENT)
-            try:
-                before = fd_table()
-                published = 0
-                for _ in range(5000):  # the child reads nothing: soon publish() has to wait
-                    try:
-                        async with asyncio.timeout(0.5):
-                            await bus.publish("t", b"fds", fds=[write_end, memfd])
-                    except TimeoutError:
-                        break  # cancelled while it waited for the child
+    async def test_cancelled_blocked_publish(self, transport: Transport) -> None:
+        async with child_not_reading(transport, peer_queue=2) as (bus, child):
+            with (
+                pipe() as (_, write_end),
+                memfd(CONTENT) as shared,
+                fds_unchanged("after a cancelled publish and a drain"),
+            ):
+                published, publishing = await publish_until_blocked(bus, [write_end, shared])
+                publishing.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await publishing  # cancelled while it waited for the child
 
-                    published += 1
-                else:
-                    pytest.fail("publish() never blocked on a block subscriber that does not read")
-
-                assert is_open(write_end) and is_open(memfd), "cancelling closed the caller's fds"
+                assert is_open(write_end) and is_open(shared), "cancelling closed the caller's fds"
                 assert bus.statistics().send_drops == 0
 
                 # The child drains: everything queued arrives with its fds, and then
@@ -810,37 +900,19 @@ class TestFDCounts:
                 reply = await child.answer()
                 assert published <= reply["count"] <= published + 1
                 assert reply["fds"] == [2] * reply["count"]
-                assert_no_new_fds(before, "after a cancelled publish and a drain")
-            finally:
-                os.close(read_end)
-                os.close(write_end)
-                os.close(memfd)
 
             stats = await child.call("stats")
             assert (stats["gaps"], stats["budget_held"]) == (0, 0)
             await child.close()
 
-    async def test_peer_killed_with_fd_messages_queued(self, bus_url: BusURL) -> None:
-        url = bus_url(peer_queue=4, stall_timeout=60)
-        async with asyncbus.connect(url) as bus, members(url, 1) as (child,):
-            await child.call("subscribe", topic="t", policy="block", maxsize=1)
-            await wait_subscribers(bus, "t")
-            read_end, write_end = os.pipe()
-            try:
-                before = fd_table()
-                held = asyncbus.fd_budget.held
-                for _ in range(5000):
-                    publishing = asyncio.ensure_future(
-                        bus.publish("t", b"fds", fds=[write_end] * 3)
-                    )
-                    done, _ = await asyncio.wait({publishing}, timeout=0.5)
-                    if not done:
-                        break  # it waits for the child: fd messages are queued for it
-
-                    publishing.result()
-                else:
-                    pytest.fail("publish() never blocked on a block subscriber that does not read")
-
+    async def test_peer_killed_with_fd_messages_queued(self, transport: Transport) -> None:
+        async with child_not_reading(transport, peer_queue=4) as (bus, child):
+            with (
+                pipe() as (_, write_end),
+                fds_unchanged("after the peer died with fd messages queued"),
+            ):
+                # It waits for the child: fd messages are queued for it.
+                _, publishing = await publish_until_blocked(bus, [write_end] * 3)
                 await child.kill()
                 async with asyncio.timeout(TIMEOUT):
                     await publishing  # the dead peer no longer holds it up
@@ -848,159 +920,98 @@ class TestFDCounts:
                 await wait_until(lambda: bus.statistics().peers_lost == 1)  # no event tells
                 assert bus.statistics().peers == 0
                 assert is_open(write_end)
-                assert_no_new_fds(before, "after the peer died with fd messages queued")
-                assert asyncbus.fd_budget.held == held
-            finally:
-                os.close(read_end)
-                os.close(write_end)
 
     @pytest.mark.parametrize("policy", ["drop_oldest", "drop_newest"])
-    async def test_overflow_closes_dropped_fds(self, bus_url: BusURL, policy: str) -> None:
-        async with (
-            asyncbus.connect(bus_url()) as publisher,
-            asyncbus.connect(bus_url()) as subscriber,
-            subscriber.subscribe("t", policy=policy, maxsize=2) as sub,
-            subscriber.subscribe("fence", policy="block") as fence,
-        ):
-            await wait_subscribers(publisher, "t")
-            await wait_subscribers(publisher, "fence")
-            read_end, write_end = os.pipe()
-            try:
-                before = fd_table()
-                held = asyncbus.fd_budget.held
+    async def test_overflow_closes_dropped_fds(self, transport: Transport, policy: str) -> None:
+        async with pair(transport, policy=policy, maxsize=2) as p:
+            with (
+                pipe() as (read_end, write_end),
+                fds_unchanged(f"after {policy} dropped fd messages") as start,
+            ):
                 for index in range(5):
-                    await publisher.publish("t", bytes([index]), fds=[write_end, read_end])
+                    await p.publisher.publish("t", bytes([index]), fds=[write_end, read_end])
 
-                await publisher.publish("fence", b"")
-                await receive(fence)  # all five were delivered (or dropped) before it
-                stats = subscriber.statistics()
-                assert stats.overflow_drops == 3 and sub.statistics().dropped == 3
-                assert asyncbus.fd_budget.held == held + 4, "only the two kept messages hold fds"
-                assert len(fd_table()) == len(before) + 4, "the dropped messages' fds are closed"
+                await p.fence()  # all five were delivered (or dropped) before it
+                stats = p.subscriber.statistics()
+                assert stats.overflow_drops == 3 and p.sub.statistics().dropped == 3
+                assert asyncbus.fd_budget.held == start.held + 4, (
+                    "only the two kept messages hold fds"
+                )
+                assert len(_open_fds()) == len(start.fds) + 4, (
+                    "the dropped messages' fds are closed"
+                )
 
-                kept = [await receive(sub) for _ in range(2)]
+                kept = await receive_many(p.sub, 2)
                 expected = [b"\3", b"\4"] if policy == "drop_oldest" else [b"\0", b"\1"]
                 assert [msg.data for msg in kept] == expected
                 for msg in kept:
                     assert len(msg.fds) == 2
                     msg.release()
 
-                assert_no_new_fds(before, f"after {policy} dropped fd messages")
-                assert asyncbus.fd_budget.held == held
-            finally:
-                os.close(read_end)
-                os.close(write_end)
-
-    async def test_closed_subscription_closes_queued_fds(self, bus_url: BusURL) -> None:
-        async with (
-            asyncbus.connect(bus_url(segment_cache=0)) as publisher,
-            asyncbus.connect(bus_url()) as subscriber,
-            publisher.subscribe("ack") as acks,
-            subscriber.subscribe("fence", policy="block") as fence,
-        ):
-            sub = subscriber.subscribe("t")
-            await wait_subscribers(publisher, "t")
-            await wait_subscribers(publisher, "fence")
-            await wait_subscribers(subscriber, "ack")
-            read_end, write_end = os.pipe()
-            try:
-                before = fd_table()
-                held = asyncbus.fd_budget.held
+    async def test_closed_subscription_closes_queued_fds(self, transport: Transport) -> None:
+        async with pair(transport, publisher_url=transport.url(segment_cache=0)) as p:
+            with (
+                pipe() as (_, write_end),
+                fds_unchanged("after closing a subscription with fd messages queued") as start,
+            ):
                 for index in range(3):
-                    await publisher.publish("t", bytes([index]), fds=[write_end])
-                await publisher.publish("t", pattern(MIB, 1))  # and a mapped segment
+                    await p.publisher.publish("t", bytes([index]), fds=[write_end])
+                await p.publisher.publish("t", pattern(MIB, 1))  # and a mapped segment
 
-                await publisher.publish("fence", b"")
-                await receive(fence)
-                assert sub.statistics().queued == 4
-                assert asyncbus.fd_budget.held == held + 4
-                sub.close()
-                assert sub.statistics().dropped == 4
-                await released(subscriber, acks)
-                assert_no_new_fds(before, "after closing a subscription with fd messages queued")
-                assert asyncbus.fd_budget.held == held
-            finally:
-                sub.close()
-                os.close(read_end)
-                os.close(write_end)
+                await p.fence()
+                assert p.sub.statistics().queued == 4
+                assert asyncbus.fd_budget.held == start.held + 4
+                p.sub.close()
+                assert p.sub.statistics().dropped == 4
+                await p.released()
 
-    async def test_unmatched_fd_messages_are_closed(self, bus_url: BusURL) -> None:
+    async def test_unmatched_fd_messages_are_closed(self, transport: Transport) -> None:
         # A regex subscription is announced as "every topic" and filtered here,
         # so the publisher sends "other" and this member matches nothing.
-        async with (
-            asyncbus.connect(bus_url(segment_cache=0)) as publisher,
-            asyncbus.connect(bus_url()) as subscriber,
-            publisher.subscribe("ack") as acks,
-            subscriber.subscribe(re.compile("wanted")),
-            subscriber.subscribe("fence") as fence,
-        ):
-            await wait_subscribers(publisher, "other")
-            await wait_subscribers(subscriber, "ack")
-            read_end, write_end = os.pipe()
-            try:
-                before = fd_table()
-                held = asyncbus.fd_budget.held
-                await publisher.publish("other", b"x", fds=[write_end, read_end])
-                await publisher.publish("other", pattern(MIB, 2), fds=[write_end])
-                await publisher.publish("fence", b"")
-                await receive(fence)
-                assert subscriber.statistics().unmatched == 2
-                await released(subscriber, acks)
-                assert_no_new_fds(before, "after messages nobody here wanted")
-                assert asyncbus.fd_budget.held == held
-            finally:
-                os.close(read_end)
-                os.close(write_end)
+        url = transport.url(segment_cache=0)
+        async with pair(transport, re.compile("wanted"), publisher_url=url) as p:
+            await transport.subscribed(p.publisher, "other")
+            with (
+                pipe() as (read_end, write_end),
+                fds_unchanged("after messages nobody here wanted"),
+            ):
+                await p.publisher.publish("other", b"x", fds=[write_end, read_end])
+                await p.publisher.publish("other", pattern(MIB, 2), fds=[write_end])
+                await p.fence()
+                assert p.subscriber.statistics().unmatched == 2
+                await p.released()
 
-    async def test_garbage_collected_message_closes_fds_and_releases(self, bus_url: BusURL) -> None:
-        async with (
-            asyncbus.connect(bus_url()) as publisher,
-            asyncbus.connect(bus_url()) as subscriber,
-            publisher.subscribe("ack") as acks,
-            subscriber.subscribe("t") as sub,
-        ):
-            await wait_subscribers(publisher, "t")
-            await wait_subscribers(subscriber, "ack")
+    async def test_garbage_collected_message_closes_fds_and_releases(
+        self, transport: Transport
+    ) -> None:
+        async with pair(transport) as p:
             # A first payload makes the publisher's segment (kept in its pool, with fds).
-            await publisher.publish("t", pattern(MIB, 3))
-            (await receive(sub)).release()
-            await released(subscriber, acks)
-            read_end, write_end = os.pipe()
-            try:
-                before = fd_table()
-                held = asyncbus.fd_budget.held
-                await publisher.publish("t", pattern(MIB, 3), fds=[write_end, read_end])
-                msg: asyncbus.Message | None = await receive(sub)
-                assert msg is not None and len(msg.fds) == 2
-                assert asyncbus.fd_budget.held == held + 3  # two fds and the mapping
-                msg = None  # dropped without release()
-                gc.collect()
-                assert_no_new_fds(before, "after a message was garbage-collected")
-                assert asyncbus.fd_budget.held == held
+            await p.publisher.publish("t", pattern(MIB, 3))
+            (await receive(p.sub)).release()
+            await p.released()
+            with pipe() as (read_end, write_end):
+                with fds_unchanged("after a message was garbage-collected") as start:
+                    await p.publisher.publish("t", pattern(MIB, 3), fds=[write_end, read_end])
+                    msg: asyncbus.Message | None = await receive(p.sub)
+                    assert msg is not None and len(msg.fds) == 2
+                    assert asyncbus.fd_budget.held == start.held + 3  # two fds and the mapping
+                    msg = None  # dropped without release()
+                    gc.collect()
 
                 # Its segment was released too: the next payload reuses it.
-                await released(subscriber, acks)
-                await publisher.publish("t", pattern(MIB, 4))
-                with await receive(sub) as again:
-                    assert digest(again.data) == digest(pattern(MIB, 4))
-                stats = publisher.statistics()
-                assert (stats.segments_created, stats.segments_reused) == (1, 2)
-            finally:
-                os.close(read_end)
-                os.close(write_end)
+                await p.released()
+                await p.publisher.publish("t", pattern(MIB, 4))
+                await expect_payload(p.sub, pattern(MIB, 4))
+                assert_segments(p.publisher, 1, 2)
 
-    async def test_two_local_subscriptions_get_their_own_fds(self, bus_url: BusURL) -> None:
-        async with (
-            asyncbus.connect(bus_url()) as publisher,
-            asyncbus.connect(bus_url()) as subscriber,
-            subscriber.subscribe("t") as first,
-            subscriber.subscribe("t*") as second,
-        ):
-            await wait_subscribers(publisher, "t")
-            read_end, write_end = os.pipe()
-            try:
-                before = fd_table()
-                await publisher.publish("t", b"x", fds=[write_end])
+    async def test_two_local_subscriptions_get_their_own_fds(self, transport: Transport) -> None:
+        async with pair(transport, "t", "t*") as p:
+            first, second = p.subs
+            with (
+                pipe() as (read_end, write_end),
+                fds_unchanged("after two local subscriptions released"),
+            ):
+                await p.publisher.publish("t", b"x", fds=[write_end])
                 one, two = await receive(first), await receive(second)
                 assert len(one.fds) == len(two.fds) == 1
                 assert one.fds[0] != two.fds[0] != write_end
@@ -1009,64 +1020,36 @@ class TestFDCounts:
                 os.write(two.fds[0], b"2")  # the other's fd stays open
                 assert os.read(read_end, 1) == b"2"
                 two.release()
-                assert_no_new_fds(before, "after two local subscriptions released")
-            finally:
-                os.close(read_end)
-                os.close(write_end)
 
-    async def test_a_duplicate_over_the_fd_budget_is_an_fd_drop(self, bus_url: BusURL) -> None:
-        async with (
-            asyncbus.connect(bus_url()) as publisher,
-            asyncbus.connect(bus_url()) as subscriber,
-            subscriber.subscribe("t") as first,
-            subscriber.subscribe("t*") as second,
-        ):
-            await wait_subscribers(publisher, "t")
-            read_end, write_end = os.pipe()
-            try:
-                with budget_limit(asyncbus.fd_budget.held + 2):
-                    await publisher.publish("t", b"x", fds=[write_end, read_end])
-                    (await receive(first)).release()  # the second got none: no room for copies
-                assert second.statistics().queued == 0
-                stats = subscriber.statistics()
-                assert (stats.fd_drops, stats.overflow_drops) == (1, 0), stats
-            finally:
-                os.close(read_end)
-                os.close(write_end)
+    async def test_a_duplicate_over_the_fd_budget_is_an_fd_drop(self, transport: Transport) -> None:
+        async with pair(transport, "t", "t*") as p:
+            first, second = p.subs
+            with pipe() as (read_end, write_end), budget_limit(asyncbus.fd_budget.held + 2):
+                await p.publisher.publish("t", b"x", fds=[write_end, read_end])
+                (await receive(first)).release()  # the second got none: no room for copies
 
-    async def test_released_message_data_is_unusable(self, bus_url: BusURL) -> None:
-        async with (
-            asyncbus.connect(bus_url()) as publisher,
-            asyncbus.connect(bus_url()) as subscriber,
-            subscriber.subscribe("t") as sub,
-        ):
-            await wait_subscribers(publisher, "t")
-            await publisher.publish("t", pattern(MIB, 5))
-            msg = await receive(sub)
-            assert isinstance(msg.data, memoryview)
-            msg.release()
-            with pytest.raises(ValueError, match="released"):
-                bytes(msg.data)
-            msg.release()  # again: nothing happens
+            assert second.statistics().queued == 0
+            stats = p.subscriber.statistics()
+            assert (stats.fd_drops, stats.overflow_drops) == (1, 0), stats
 
-    async def test_released_data_is_unusable_while_a_sibling_holds_it(
-        self, bus_url: BusURL
+    @pytest.mark.parametrize(
+        "topics", [["t"], ["t", "t*"]], ids=["alone", "while-a-sibling-holds-it"]
+    )
+    async def test_released_message_data_is_unusable(
+        self, transport: Transport, topics: list[str]
     ) -> None:
-        async with (
-            asyncbus.connect(bus_url()) as publisher,
-            asyncbus.connect(bus_url()) as subscriber,
-            subscriber.subscribe("t") as first,
-            subscriber.subscribe("t*") as second,
-        ):
-            await wait_subscribers(publisher, "t")
-            await publisher.publish("t", pattern(MIB, 5))
-            one, two = await receive(first), await receive(second)
+        async with pair(transport, *topics) as p:
+            await p.publisher.publish("t", pattern(MIB, 5))
+            msg, *siblings = [await receive(sub) for sub in p.subs]
             try:
-                one.release()
+                assert isinstance(msg.data, memoryview)
+                msg.release()
                 with pytest.raises(ValueError, match="released"):
-                    bytes(one.data)
+                    bytes(msg.data)
+                msg.release()  # again: nothing happens
             finally:
-                two.release()
+                for sibling in siblings:
+                    sibling.release()
 
 
 # -- 3. large payloads to several processes ------------------------------------------
@@ -1075,29 +1058,23 @@ class TestFDCounts:
 class TestLargePayloads:
     """A 64 MiB payload in shared memory, to four processes at once."""
 
-    async def test_64_mib_to_four_children(self, bus_url: BusURL) -> None:
+    async def test_64_mib_to_four_children(self, transport: Transport) -> None:
         size = 64 * MIB
-        url = bus_url()
+        url = transport.url()
         async with (
             asyncbus.connect(url) as bus,
             bus.subscribe("ack", maxsize=64) as acks,
             members(url, 4) as children,
         ):
             await asyncio.gather(*(child.call("subscribe", topic="big") for child in children))
-            await wait_subscribers(bus, "big", 4)
+            await transport.subscribed(bus, "big", 4)
             for index, how in enumerate(["bytes", "loan", "bytes"]):
                 data = pattern(size, index % 2)
                 receiving = [
                     asyncio.ensure_future(child.call("receive", topic="big", ack="ack"))
                     for child in children
                 ]
-                if how == "loan":
-                    async with bus.loan(size) as loan:
-                        loan.data[:] = data
-                        await bus.publish("big", loan)
-                else:
-                    await bus.publish("big", data)
-
+                await publish_payload(bus, "big", data, loan=how == "loan")
                 replies = await asyncio.gather(*receiving)
                 for reply in replies:
                     assert (reply["size"], reply["view"], reply["readonly"]) == (size, True, True)
@@ -1106,10 +1083,7 @@ class TestLargePayloads:
                 for _ in children:
                     await receive(acks)  # each child's RELEASE arrived before its ack
 
-                stats = bus.statistics()
-                assert (stats.segments_created, stats.segments_reused) == (1, index), (
-                    f"after {index + 1} payloads, released each time: {stats}"
-                )
+                assert_segments(bus, 1, index, f"after {index + 1} payloads, released each time:")
 
             finals = await asyncio.gather(*(child.close() for child in children))
             assert [final["budget_held"] for final in finals] == [0] * 4
@@ -1121,17 +1095,17 @@ class TestLargePayloads:
 class TestSharedMemoryIsReadOnly:
     """No receiver can write what the publisher shares, and nothing changes while it reads."""
 
-    async def test_no_route_to_write(self, bus_url: BusURL) -> None:
-        url = bus_url()
+    async def test_no_route_to_write(self, transport: Transport) -> None:
+        url = transport.url()
         size = MIB
-        first, second, third = pattern(size, 11), pattern(size, 12), pattern(size, 13)
+        first = pattern(size, 11)
         async with (
             asyncbus.connect(url) as bus,
             bus.subscribe("big") as sub,
             members(url, 1) as (child,),
         ):
             await child.call("subscribe", topic="fence")
-            async with WirePeer(bus_url.scheme, child.address) as wire:
+            async with WirePeer(transport, child.address) as wire:
                 await wire.subscribe("big")
                 await child.call("wait_subscribers", topic="big", count=2)
                 await child.call("publish", topic="big", size=size, seed=11)
@@ -1147,42 +1121,38 @@ class TestSharedMemoryIsReadOnly:
                 frame, fds = await wire.receive_where(is_message("big"))
                 _, _, loan, announced = SEGMENT.unpack_from(frame)
                 assert announced == size and len(fds) == 1
-                memfd = fds[0]
-                try:
-                    with pytest.raises(PermissionError):
-                        os.write(memfd, b"x")
-                    with pytest.raises(PermissionError):
-                        os.pwrite(memfd, b"x", 0)
-                    reopened = os.open(f"/proc/self/fd/{memfd}", os.O_RDWR)
-                    try:
-                        with pytest.raises(PermissionError):
-                            os.write(reopened, b"x")
-                    finally:
-                        os.close(reopened)
-                    with pytest.raises(PermissionError):
-                        mmap.mmap(memfd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
-                    with pytest.raises(PermissionError):
-                        os.ftruncate(memfd, 0)
-                    assert punch_hole_errno(memfd) == errno.EPERM
-                    mapped = mmap.mmap(memfd, size, mmap.MAP_SHARED, mmap.PROT_READ)
-                    try:
-                        assert mprotect_errno(buffer_address(mapped), size) == errno.EACCES
-                    finally:
-                        mapped.close()
-                    flags = fcntl.fcntl(memfd, fcntl.F_GET_SEALS)
-                    with pytest.raises(PermissionError):  # F_SEAL_SEAL: no undoing
-                        fcntl.fcntl(memfd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_WRITE)
-                    assert flags & F_SEAL_FUTURE_WRITE or flags & fcntl.F_SEAL_WRITE
-                finally:
-                    os.close(memfd)
-                await wire.send(release_frame(loan))
+                with (
+                    closing_fds(*fds) as (shared,),
+                    closing_fds(os.open(f"/proc/self/fd/{shared}", os.O_RDWR)) as (reopened,),
+                ):
+                    writable = mmap.PROT_READ | mmap.PROT_WRITE
+                    routes: dict[str, Callable[[], object]] = {
+                        "write": lambda: os.write(shared, b"x"),
+                        "pwrite": lambda: os.pwrite(shared, b"x", 0),
+                        "write, reopened O_RDWR": lambda: os.write(reopened, b"x"),
+                        "mmap writable": lambda: mmap.mmap(shared, size, mmap.MAP_SHARED, writable),
+                        "ftruncate": lambda: os.ftruncate(shared, 0),
+                        # F_SEAL_SEAL: no undoing
+                        "add seals": lambda: fcntl.fcntl(
+                            shared, fcntl.F_ADD_SEALS, fcntl.F_SEAL_WRITE
+                        ),
+                    }
+                    for route, attempt in routes.items():
+                        assert_refused(route, attempt)
 
+                    assert punch_hole_errno(shared) == errno.EPERM
+                    mapped = mmap.mmap(shared, size, mmap.MAP_SHARED, mmap.PROT_READ)
+                    with contextlib.closing(mapped):
+                        assert mprotect_errno(buffer_address(mapped), size) == errno.EACCES
+                    flags = fcntl.fcntl(shared, fcntl.F_GET_SEALS)
+                    assert flags & F_SEAL_FUTURE_WRITE or flags & fcntl.F_SEAL_WRITE
+
+                await wire.send(release_frame(loan))
                 assert digest(held.data) == digest(first), "a receiver changed the payload"
 
                 # While this process holds the first payload, the next one goes elsewhere.
                 await child.call("publish", topic="big", size=size, seed=12)
-                with await receive(sub) as msg:
-                    assert digest(msg.data) == digest(second)
+                await expect_payload(sub, pattern(size, 12))
                 frame, fds = await wire.receive_where(is_message("big"))
                 for fd in fds:
                     os.close(fd)
@@ -1200,18 +1170,20 @@ class TestSharedMemoryIsReadOnly:
                 await bus.publish("fence", b"")
                 await child.call("receive", topic="fence")
                 await child.call("publish", topic="big", size=size, seed=13)
-                with await receive(sub) as msg:
-                    assert digest(msg.data) == digest(third)
+                await expect_payload(sub, pattern(size, 13))
                 stats = await child.call("stats")
                 assert (stats["segments_created"], stats["segments_reused"]) == (2, 1)
 
             await child.close()
 
-    async def test_a_payload_outlives_its_publisher(self, bus_url: BusURL) -> None:
+    async def test_a_payload_outlives_its_publisher(self, transport: Transport) -> None:
         held = asyncbus.fd_budget.held
-        async with asyncbus.connect(bus_url()) as subscriber, subscriber.subscribe("t") as sub:
-            async with asyncbus.connect(bus_url()) as publisher:
-                await wait_subscribers(publisher, "t")
+        async with (
+            asyncbus.connect(transport.url()) as subscriber,
+            subscriber.subscribe("t") as sub,
+        ):
+            async with asyncbus.connect(transport.url()) as publisher:
+                await transport.subscribed(publisher, "t")
                 await publisher.publish("t", pattern(MIB, 25))
                 msg = await receive(sub)
 
@@ -1220,35 +1192,26 @@ class TestSharedMemoryIsReadOnly:
             msg.release()  # a RELEASE for nobody: dropped quietly
             assert asyncbus.fd_budget.held == held
 
-    async def test_a_slice_kept_after_release_holds_the_segment(self, bus_url: BusURL) -> None:
-        async with (
-            asyncbus.connect(bus_url()) as publisher,
-            asyncbus.connect(bus_url()) as subscriber,
-            publisher.subscribe("ack") as acks,
-            subscriber.subscribe("t") as sub,
-        ):
-            await wait_subscribers(publisher, "t")
-            await wait_subscribers(subscriber, "ack")
-            await publisher.publish("t", pattern(MIB, 21))
-            msg = await receive(sub)
+    async def test_a_slice_kept_after_release_holds_the_segment(self, transport: Transport) -> None:
+        async with pair(transport) as p:
+            await p.publisher.publish("t", pattern(MIB, 21))
+            msg = await receive(p.sub)
             assert isinstance(msg.data, memoryview)
             kept: memoryview | None = msg.data[:4096]
             msg.release()
-            await released(subscriber, acks)
+            await p.released()
 
-            await publisher.publish("t", pattern(MIB, 22))
-            (await receive(sub)).release()
+            await p.publisher.publish("t", pattern(MIB, 22))
+            (await receive(p.sub)).release()
             assert kept is not None and bytes(kept) == pattern(MIB, 21)[:4096], "the slice changed"
-            stats = publisher.statistics()
-            assert (stats.segments_created, stats.segments_reused) == (2, 0)
+            assert_segments(p.publisher, 2, 0)
 
             kept = None  # the last reference into the first segment goes
             gc.collect()
-            await released(subscriber, acks)
-            await publisher.publish("t", pattern(MIB, 23))
-            (await receive(sub)).release()
-            stats = publisher.statistics()
-            assert stats.segments_reused == 1
+            await p.released()
+            await p.publisher.publish("t", pattern(MIB, 23))
+            (await receive(p.sub)).release()
+            assert p.publisher.statistics().segments_reused == 1
 
 
 # -- 5. foreign and bad input ---------------------------------------------------------
@@ -1257,46 +1220,30 @@ class TestSharedMemoryIsReadOnly:
 class TestForeignInput:
     """A peer that speaks the wire format by hand sends what no asyncbus member would."""
 
-    async def test_bad_segments_are_refused(self, bus_url: BusURL) -> None:
-        async with (
-            asyncbus.connect(bus_url(), max_message_size=4 * MIB) as bus,
-            bus.subscribe("t") as sub,
-        ):
-            assert bus.sender is not None
-            async with WirePeer(bus_url.scheme, bus.sender.address) as wire:
-                await wire.subscribe()
-                size = 8192
-                before = fd_table()
-                held = asyncbus.fd_budget.held
-                sealed = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE
+    async def test_bad_segments_are_refused(self, transport: Transport) -> None:
+        size = 8192
+        async with wired(transport, max_message_size=4 * MIB) as (bus, sub, wire):
+            await wire.subscribe()
+            with fds_unchanged("after bad segments"):
                 with contextlib.ExitStack() as stack:
-                    read_end, write_end = os.pipe()
-                    stack.callback(os.close, read_end)
-                    stack.callback(os.close, write_end)
-                    file = stack.enter_context(tempfile.TemporaryFile())
-                    file.write(bytes(size))
-                    file.flush()
+                    read_end, write_end = stack.enter_context(pipe())
                     bad = {
                         "a pipe": read_end,
-                        "a regular file": file.fileno(),
-                        "an unsealed memfd": memfd_with(bytes(size)),
-                        "a memfd that can still be written": memfd_with(
-                            bytes(size), fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW
+                        "a regular file": stack.enter_context(regular_file(bytes(size))),
+                        "an unsealed memfd": stack.enter_context(memfd(bytes(size))),
+                        "a memfd that can still be written": stack.enter_context(
+                            memfd(bytes(size), fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW)
                         ),
-                        "a sealed memfd too short": memfd_with(bytes(size // 2), sealed),
+                        "a sealed memfd too short": stack.enter_context(
+                            memfd(bytes(size // 2), SEALED)
+                        ),
                     }
-                    for name in list(bad)[2:]:
-                        stack.callback(os.close, bad[name])
-
                     for loan, fd in enumerate(bad.values(), start=100):
                         await wire.send_segment(loan, size, "t", [fd, write_end])
-                    oversize = memfd_with(bytes(8 * MIB), sealed)  # over max_message_size
-                    stack.callback(os.close, oversize)
-                    await wire.send_segment(200, 8 * MIB, "t", [oversize])
-                    await wire.send(segment_frame(wire.seq, 201, size, "t"))  # no memfd at all
-                    wire.seq += 1
-                    good = memfd_with(CONTENT + bytes(size - len(CONTENT)), sealed)
-                    stack.callback(os.close, good)
+                    oversize = stack.enter_context(memfd(bytes(8 * MIB), SEALED))
+                    await wire.send_segment(200, 8 * MIB, "t", [oversize])  # > max_message_size
+                    await wire.send_segment(201, size, "t", [])  # no memfd at all
+                    good = stack.enter_context(memfd(CONTENT + bytes(size - len(CONTENT)), SEALED))
                     await wire.send_segment(300, size, "t", [good, write_end])
 
                 # Only the good one arrives; the others were counted, and their fds closed.
@@ -1308,73 +1255,54 @@ class TestForeignInput:
                 assert stats.bad_segments == 5, stats
                 # Each message dropped here is a gap in the peer's numbers.
                 assert (stats.oversize, stats.malformed, stats.gaps) == (1, 1, 7), stats
-                assert_no_new_fds(before, "after bad segments")
-                assert asyncbus.fd_budget.held == held
-                # A refused segment is released too, so its publisher may reuse it.
-                await wire.wait_released(100, 101, 102, 103, 104, 200, 300)
 
-                await wire.send_message("t", b"still working")
-                assert (await receive(sub)).data == b"still working"
+            # A refused segment is released too, so its publisher may reuse it.
+            await wire.wait_released(100, 101, 102, 103, 104, 200, 300)
+            await wire.send_message("t", b"still working")
+            assert (await receive(sub)).data == b"still working"
 
-    async def test_fds_on_control_frames_are_closed(self, bus_url: BusURL) -> None:
-        async with asyncbus.connect(bus_url()) as bus, bus.subscribe("t") as sub:
-            assert bus.sender is not None
-            async with WirePeer(bus_url.scheme, bus.sender.address) as wire:
-                read_end, write_end = os.pipe()
-                try:
-                    before = fd_table()
-                    frames = {
-                        "HELLO": hello_frame(wire.address, reply=False, fds=True),
-                        "SUBSCRIBE": subscribe_frame("t"),
-                        "RELEASE": release_frame(1, 2),
-                        "LC03 fragment": LC03.pack(b"LC03", 0, 4, 0, 0, 2) + b"t\0ab",
-                        "LC02 without a channel end": b"LC02" + struct.pack(">I", 0) + b"t",
-                        "BYE": b"ABBY",
-                    }
-                    for frame in frames.values():
-                        await wire.send(frame, [read_end, write_end])
-                    await wire.send_message("t", b"after")
-                    assert (await receive(sub)).data == b"after"
+    async def test_fds_on_control_frames_are_closed(self, transport: Transport) -> None:
+        async with wired(transport) as (bus, sub, wire):
+            with pipe() as fds, fds_unchanged("after fds on control frames"):
+                frames = {
+                    "HELLO": hello_frame(wire.address, reply=False, fds=True),
+                    "SUBSCRIBE": subscribe_frame("t"),
+                    "RELEASE": release_frame(1, 2),
+                    "LC03 fragment": LC03.pack(b"LC03", 0, 4, 0, 0, 2) + b"t\0ab",
+                    "LC02 without a channel end": b"LC02" + struct.pack(">I", 0) + b"t",
+                    "BYE": b"ABBY",
+                }
+                for frame in frames.values():
+                    await wire.send(frame, fds)
+                await wire.send_message("t", b"after")
+                assert (await receive(sub)).data == b"after"
+                stats = bus.statistics()
+                assert stats.malformed == len(frames), stats
+                assert stats.peers == 1, "a BYE that carried fds was acted on"
+
+    async def test_fd_budget_drops_received_fds(self, transport: Transport) -> None:
+        async with wired(transport) as (bus, sub, wire):
+            with (
+                pipe() as (read_end, write_end),
+                memfd(bytes(8192), SEALED) as segment,
+                fds_unchanged("after messages over the fd budget"),
+            ):
+                with budget_limit(asyncbus.fd_budget.held + 2):
+                    await wire.send_message("t", b"five", [write_end] * 5)
+                    await wire.send_segment(1, 8192, "t", [segment, write_end, read_end])
+                    await wire.send_message("t", b"many", [write_end] * SCM_MAX_FD)
+                    await wire.send_message("t", b"two", [write_end, read_end])
+                    with await receive(sub) as msg:
+                        assert msg.data == b"two" and len(msg.fds) == 2
                     stats = bus.statistics()
-                    assert stats.malformed == len(frames), stats
-                    assert stats.peers == 1, "a BYE that carried fds was acted on"
-                    assert_no_new_fds(before, "after fds on control frames")
-                finally:
-                    os.close(read_end)
-                    os.close(write_end)
+                    assert (stats.fd_drops, stats.gaps) == (3, 3), stats
+                await wire.wait_released(1)
 
-    async def test_fd_budget_drops_received_fds(self, bus_url: BusURL) -> None:
-        async with asyncbus.connect(bus_url()) as bus, bus.subscribe("t") as sub:
-            assert bus.sender is not None
-            async with WirePeer(bus_url.scheme, bus.sender.address) as wire:
-                read_end, write_end = os.pipe()
-                segment = memfd_with(
-                    bytes(8192), fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE
-                )
-                try:
-                    before = fd_table()
-                    with budget_limit(asyncbus.fd_budget.held + 2):
-                        await wire.send_message("t", b"five", [write_end] * 5)
-                        await wire.send_segment(1, 8192, "t", [segment, write_end, read_end])
-                        await wire.send_message("t", b"many", [write_end] * SCM_MAX_FD)
-                        await wire.send_message("t", b"two", [write_end, read_end])
-                        with await receive(sub) as msg:
-                            assert msg.data == b"two" and len(msg.fds) == 2
-                        stats = bus.statistics()
-                        assert (stats.fd_drops, stats.gaps) == (3, 3), stats
-                    await wire.wait_released(1)
-                    assert_no_new_fds(before, "after messages over the fd budget")
-                finally:
-                    for fd in (read_end, write_end, segment):
-                        os.close(fd)
-
-    async def test_receiver_at_its_rlimit_drops_fds(self, bus_url: BusURL) -> None:
-        url = bus_url()
-        async with members(url, 1) as (child,):
+    async def test_receiver_at_its_rlimit_drops_fds(self, transport: Transport) -> None:
+        async with members(transport.url(), 1) as (child,):
             await child.call("subscribe", topic="t")
-            async with WirePeer(bus_url.scheme, child.address) as wire:
-                read_end, write_end = os.pipe()
-                try:
+            async with WirePeer(transport, child.address) as wire:
+                with pipe() as (_, write_end):
                     before = await child.call("stats")
                     await child.call("setrlimit", headroom=3)
                     await wire.send_message("t", b"eight", [write_end] * 8)
@@ -1386,75 +1314,48 @@ class TestForeignInput:
                     assert after["fd_drops"] == 1, after
                     assert after["open_fds"] == before["open_fds"], "the fds that came are closed"
                     assert after["budget_held"] == 0
-                finally:
-                    os.close(read_end)
-                    os.close(write_end)
 
             await child.close()
 
-    async def test_release_of_a_loan_never_received_is_ignored(self, bus_url: BusURL) -> None:
-        async with (
-            asyncbus.connect(bus_url()) as publisher,
-            asyncbus.connect(bus_url()) as holder,
-            publisher.subscribe("fence") as fence,
-            holder.subscribe("big") as sub,
-        ):
-            assert publisher.sender is not None
-            await wait_subscribers(publisher, "big")
-            async with WirePeer(bus_url.scheme, publisher.sender.address) as wire:
-                await publisher.publish("big", pattern(MIB, 31))
-                held = await receive(sub)
+    async def test_release_of_a_loan_never_received_is_ignored(self, transport: Transport) -> None:
+        async with pair(transport, "big") as p:
+            assert p.publisher.sender is not None
+            async with WirePeer(transport, p.publisher.sender.address) as wire:
+                await p.publisher.publish("big", pattern(MIB, 31))
+                held = await receive(p.sub)
                 # Loans are numbered from 0: claim to release the ones that exist.
                 await wire.send(release_frame(*range(16)))
-                await wire.send_message("fence", b"")
-                await receive(fence)  # the RELEASE was read before
+                await wire.send_message("ack", b"")  # the publisher's "ack" serves as a fence
+                await receive(p.acks)  # the RELEASE was read before
 
-                await publisher.publish("big", pattern(MIB, 32))
-                with await receive(sub) as msg:
-                    assert digest(msg.data) == digest(pattern(MIB, 32))
+                await p.publisher.publish("big", pattern(MIB, 32))
+                await expect_payload(p.sub, pattern(MIB, 32))
                 assert digest(held.data) == digest(pattern(MIB, 31)), "the held segment was reused"
-                stats = publisher.statistics()
-                assert (stats.segments_created, stats.segments_reused) == (2, 0), stats
+                assert_segments(p.publisher, 2, 0)
                 held.release()
 
-    async def test_peer_without_the_fds_flag(self, bus_url: BusURL) -> None:
-        async with (
-            asyncbus.connect(bus_url()) as publisher,
-            asyncbus.connect(bus_url()) as modern,
-            modern.subscribe("big") as sub,
-        ):
-            assert publisher.sender is not None
-            async with WirePeer(bus_url.scheme, publisher.sender.address, fds=False) as old:
+    async def test_peer_without_the_fds_flag(self, transport: Transport) -> None:
+        async with pair(transport, "big") as p:
+            assert p.publisher.sender is not None
+            async with WirePeer(transport, p.publisher.sender.address, fds=False) as old:
                 await old.subscribe("big", "fds")
-                await wait_subscribers(publisher, "big", 2)
-                await wait_subscribers(publisher, "fds")
+                await transport.subscribed(p.publisher, "big", 2)
+                await transport.subscribed(p.publisher, "fds")
                 # The modern member maps the segment; the old one gets LC03 fragments,
                 # from bytes and from a loan alike.
                 for seq, how in enumerate(["bytes", "loan"]):
                     data = pattern(MIB, 41 + seq)
-                    if how == "loan":
-                        async with publisher.loan(MIB) as loan:
-                            loan.data[:] = data
-                            await publisher.publish("big", loan)
-                    else:
-                        await publisher.publish("big", data)
-
-                    with await receive(sub) as msg:
-                        assert isinstance(msg.data, memoryview)
-                        assert digest(msg.data) == digest(data)
+                    await publish_payload(p.publisher, "big", data, loan=how == "loan")
+                    await expect_payload(p.sub, data)
                     assert await old.receive_fragments("big") == (seq, data), how
 
                 # fds cannot go to it: counted at the publisher, a gap for the peer.
-                read_end, write_end = os.pipe()
-                try:
-                    await publisher.publish("fds", b"with fds", fds=[write_end])
-                    assert publisher.statistics().send_drops == 1
-                    await publisher.publish("fds", b"plain")
+                with pipe() as (_, write_end):
+                    await p.publisher.publish("fds", b"with fds", fds=[write_end])
+                    assert p.publisher.statistics().send_drops == 1
+                    await p.publisher.publish("fds", b"plain")
                     frame, fds = await old.receive_where(is_message("fds"))
                     assert frame == lc02(3, "fds", b"plain") and not fds
-                finally:
-                    os.close(read_end)
-                    os.close(write_end)
 
 
 # -- 6. loans ------------------------------------------------------------------------
@@ -1463,10 +1364,10 @@ class TestForeignInput:
 class TestLoans:
     """`Bus.loan`: its errors, its lifecycle, and memory held by subscribers."""
 
-    async def test_loan_errors(self, bus_url: BusURL) -> None:
+    async def test_loan_errors(self, transport: Transport) -> None:
         async with (
-            asyncbus.connect(bus_url(), max_message_size=MIB) as bus,
-            asyncbus.connect(bus_url()) as other,
+            asyncbus.connect(transport.url(), max_message_size=MIB) as bus,
+            asyncbus.connect(transport.url()) as other,
         ):
             with pytest.raises(ValueError, match="at least 1 byte"):
                 bus.loan(0)
@@ -1500,14 +1401,9 @@ class TestLoans:
         with pytest.raises(asyncbus.ClosedError):
             bus.loan(100)
 
-    async def test_unpublished_loans_return_to_the_pool(self, bus_url: BusURL) -> None:
-        async with (
-            asyncbus.connect(bus_url()) as bus,
-            asyncbus.connect(bus_url()) as subscriber,
-            bus.subscribe("ack") as acks,
-            subscriber.subscribe("t") as sub,
-        ):
-            await wait_subscribers(subscriber, "ack")
+    async def test_unpublished_loans_return_to_the_pool(self, transport: Transport) -> None:
+        async with pair(transport) as p:
+            bus = p.publisher
             async with bus.loan(MIB):
                 pass  # not published
             async with bus.loan(MIB) as loan:
@@ -1516,43 +1412,30 @@ class TestLoans:
             with pytest.raises(ZeroDivisionError):
                 async with bus.loan(MIB):
                     1 / 0  # noqa: B018  # the block fails
-            stats = bus.statistics()
-            assert (stats.segments_created, stats.segments_reused) == (1, 2), stats
+            assert_segments(bus, 1, 2)
 
-            await wait_subscribers(bus, "t")
-            async with bus.loan(MIB) as loan:
-                loan.data[:] = pattern(MIB, 51)
-                await bus.publish("t", loan)
-            with await receive(sub) as msg:
-                assert digest(msg.data) == digest(pattern(MIB, 51))
-            await released(subscriber, acks)
-            async with bus.loan(MIB) as loan:
+            await publish_payload(bus, "t", pattern(MIB, 51), loan=True)
+            await expect_payload(p.sub, pattern(MIB, 51))
+            await p.released()
+            async with bus.loan(MIB):
                 pass
-            stats = bus.statistics()
-            assert (stats.segments_created, stats.segments_reused) == (1, 4), stats
+            assert_segments(bus, 1, 4)
 
-    async def test_held_messages_exhaust_segment_memory(self, bus_url: BusURL) -> None:
+    async def test_held_messages_exhaust_segment_memory(self, transport: Transport) -> None:
         stall = 0.3
-        url = bus_url(segment_memory=2 * MIB, stall_timeout=stall)
-        async with (
-            asyncbus.connect(url) as publisher,
-            asyncbus.connect(bus_url()) as subscriber,
-            publisher.subscribe("ack") as acks,
-            subscriber.subscribe("t", maxsize=8) as sub,
-        ):
-            await wait_subscribers(publisher, "t")
-            await wait_subscribers(subscriber, "ack")
+        url = transport.url(segment_memory=2 * MIB, stall_timeout=stall)
+        async with pair(transport, publisher_url=url, maxsize=8) as p:
             held = []
             for seed in (61, 62):
-                await publisher.publish("t", pattern(MIB, seed))
-                held.append(await receive(sub))
+                await p.publisher.publish("t", pattern(MIB, seed))
+                held.append(await receive(p.sub))
 
             started = time.monotonic()
             with pytest.raises(TimeoutError):
-                await publisher.publish("t", pattern(MIB, 63))
+                await p.publisher.publish("t", pattern(MIB, 63))
             assert time.monotonic() - started >= stall * 0.9
             with pytest.raises(TimeoutError):
-                async with publisher.loan(MIB):
+                async with p.publisher.loan(MIB):
                     pass
             assert [digest(msg.data) for msg in held] == [
                 digest(pattern(MIB, 61)),
@@ -1561,34 +1444,26 @@ class TestLoans:
 
             for msg in held:
                 msg.release()
-            await released(subscriber, acks)
-            await publisher.publish("t", pattern(MIB, 64))
-            with await receive(sub) as msg:
-                assert digest(msg.data) == digest(pattern(MIB, 64))
-            stats = publisher.statistics()
-            assert (stats.segments_created, stats.segments_reused) == (2, 1), stats
-            assert subscriber.statistics().gaps == 0, "a publish that timed out used a number"
+            await p.released()
+            await p.publisher.publish("t", pattern(MIB, 64))
+            await expect_payload(p.sub, pattern(MIB, 64))
+            assert_segments(p.publisher, 2, 1)
+            assert p.subscriber.statistics().gaps == 0, "a publish that timed out used a number"
 
-    async def test_segments_of_a_killed_subscriber_come_back(self, bus_url: BusURL) -> None:
+    async def test_segments_of_a_killed_subscriber_come_back(self, transport: Transport) -> None:
         # Room for one segment: the one the child holds when it dies.
-        url = bus_url(segment_memory=MIB, stall_timeout=1)
-        async with (
-            asyncbus.connect(url) as publisher,
-            asyncbus.connect(bus_url()) as subscriber,
-            subscriber.subscribe("big") as sub,
-            members(url, 1) as (child,),
-        ):
+        url = transport.url(segment_memory=MIB, stall_timeout=1)
+        async with pair(transport, "big", publisher_url=url) as p, members(url, 1) as (child,):
             await child.call("subscribe", topic="big")
-            await wait_subscribers(publisher, "big", 2)
-            await publisher.publish("big", pattern(MIB, 71))
+            await transport.subscribed(p.publisher, "big", 2)
+            await p.publisher.publish("big", pattern(MIB, 71))
             await child.call("receive", topic="big", hold=True)
-            (await receive(sub)).release()
+            (await receive(p.sub)).release()
             await child.kill()
 
             # The dead child's hold must not block the live subscriber for good.
-            await publisher.publish("big", pattern(MIB, 72))
-            with await receive(sub) as msg:
-                assert digest(msg.data) == digest(pattern(MIB, 72))
+            await p.publisher.publish("big", pattern(MIB, 72))
+            await expect_payload(p.sub, pattern(MIB, 72))
 
 
 # -- 7. receive_own ------------------------------------------------------------------------
@@ -1597,18 +1472,16 @@ class TestLoans:
 class TestReceiveOwn:
     """A member's own subscriptions get their own duplicates of what it publishes."""
 
-    async def test_own_subscriptions_get_their_own_fds(self, bus_url: BusURL) -> None:
+    async def test_own_subscriptions_get_their_own_fds(self, transport: Transport) -> None:
         async with (
-            asyncbus.connect(bus_url(), receive_own=True) as bus,
-            asyncbus.connect(bus_url()) as remote,
+            asyncbus.connect(transport.url(), receive_own=True) as bus,
+            asyncbus.connect(transport.url()) as remote,
             bus.subscribe("t") as first,
             bus.subscribe("t*") as second,
             remote.subscribe("t") as far,
         ):
-            await wait_subscribers(bus, "t")
-            read_end, write_end = os.pipe()
-            try:
-                before = fd_table()
+            await transport.subscribed(bus, "t")
+            with pipe() as (read_end, write_end), fds_unchanged("after own messages with fds"):
                 await bus.publish("t", b"own", fds=[write_end])
                 messages = [await receive(first), await receive(second), await receive(far)]
                 fds = [msg.fds[0] for msg in messages]
@@ -1622,16 +1495,14 @@ class TestReceiveOwn:
 
                 assert os.read(read_end, 3) == b"\0\1\2"
                 assert is_open(write_end), "the publisher keeps its own"
-                assert_no_new_fds(before, "after own messages with fds")
-            finally:
-                os.close(read_end)
-                os.close(write_end)
 
-    async def test_own_subscription_and_a_bad_fd(self, bus_url: BusURL) -> None:
-        async with asyncbus.connect(bus_url(), receive_own=True) as bus, bus.subscribe("t") as sub:
-            with pytest.raises(OSError, match="Bad file descriptor") as bad:
+    async def test_own_subscription_and_a_bad_fd(self, transport: Transport) -> None:
+        async with (
+            asyncbus.connect(transport.url(), receive_own=True) as bus,
+            bus.subscribe("t") as sub,
+        ):
+            with raises_ebadf():
                 await bus.publish("t", b"x", fds=[closed_fd()])
-            assert bad.value.errno == errno.EBADF
             assert sub.statistics().dropped == 0
 
 

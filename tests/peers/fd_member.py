@@ -113,7 +113,12 @@ def _kind(fd: int) -> str:
     return "other"
 
 
-def _is_open(fd: int) -> bool:
+def is_open(fd: int) -> bool:
+    """Tell whether ``fd`` is open in this process.
+
+    :param fd: the descriptor.
+    :return: ``True`` if it is.
+    """
     try:
         os.fstat(fd)
     except OSError:
@@ -206,13 +211,13 @@ class Member:
             taken = msg.take_fds()
             answer["left_after_take"] = len(msg.fds)
             msg.release()
-            answer["taken_open"] = all(_is_open(fd) for fd in taken)
+            answer["taken_open"] = all(is_open(fd) for fd in taken)
             for fd in taken:
                 os.close(fd)
         else:
             fds = msg.fds
             msg.release()
-            answer["closed_by_release"] = not any(_is_open(fd) for fd in fds)
+            answer["closed_by_release"] = not any(is_open(fd) for fd in fds)
 
         await self.ack(ack)
         return answer
