@@ -49,6 +49,11 @@ class SegmentSender:
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + stall_timeout if stall_timeout else None
+        if self._pool.reuse_pending(size):
+            # Releases may wait unread in our socket: read them (one loop turn)
+            # rather than fault in a new segment's pages.
+            await asyncio.sleep(0)
+
         while True:
             if self._closed:
                 raise ClosedError("the bus was closed while publishing")

@@ -166,6 +166,21 @@ class SegmentPool:
         self._created += 1
         return Lending(slot, capacity, create=True, destroy=tuple(destroy))
 
+    def reuse_pending(self, size: int) -> bool:
+        """Tell whether no segment of ``size``'s class is free but one is published.
+
+        A release for it may already be on its way: worth a look before `lend`
+        creates a new segment (new pages are many times slower to fill).
+
+        :param size: the payload length.
+        :return: ``True`` if a release would let `lend` reuse a segment.
+        """
+        capacity = capacity_for(size)
+        if any(self._capacity[slot] == capacity for slot in self._free):
+            return False
+
+        return any(self._capacity[slot] == capacity for slot, _ in self._loans.values())
+
     def give_back(self, slot: int) -> tuple[int, ...]:
         """Return a lent segment that was not published (`discard` one that was never made).
 

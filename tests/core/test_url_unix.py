@@ -186,7 +186,7 @@ class TestNormalForm:
             ("seqpacket:////tmp//b", "seqpacket:///tmp/b"),
             ("unix:x?peer_queue=1024&stall_timeout=5&join_timeout=1", "unix:x"),
             (
-                "unix:x?segment_memory=1073741824&segment_cache=268435456",
+                "unix:x?segment_memory=1073741824&segment_cache=1073741824",
                 "unix:x",
             ),
             (
