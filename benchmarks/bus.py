@@ -19,7 +19,7 @@ import asyncio
 import dataclasses
 import enum
 import time
-from typing import TYPE_CHECKING, Any, Final, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import asyncbus
 
@@ -35,17 +35,15 @@ from .common import (
     Workload,
     clock,
     cpu_clock,
+    run_on_loop,
     run_worker,
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Coroutine
-
     from .common import WorkerPipe
 
 __all__ = ["LOOPS", "run_publisher", "run_subscriber"]
 
-LOOPS: Final = ("asyncio", "uvloop")
 T = TypeVar("T")
 
 
@@ -68,24 +66,11 @@ def run_publisher(work: Workload, conn: WorkerPipe) -> None:
 
 
 def _subscriber(work: Workload, conn: WorkerPipe) -> SubscriberReport:
-    return _run(work.loop, _subscribe(work, conn))
+    return run_on_loop(work.loop, _subscribe(work, conn))
 
 
 def _publisher(work: Workload, conn: WorkerPipe) -> PublisherReport:
-    return _run(work.loop, _publish(work, conn))
-
-
-def _run(loop: str, main: Coroutine[Any, Any, T]) -> T:
-    factory: Callable[[], asyncio.AbstractEventLoop] | None = None
-    if loop == "uvloop":
-        import uvloop  # only where it is used: the raw workers never pay for the import
-
-        factory = uvloop.new_event_loop
-    elif loop != "asyncio":
-        raise ValueError(f"unknown event loop {loop!r}; expected one of {LOOPS}")
-
-    with asyncio.Runner(loop_factory=factory) as runner:
-        return runner.run(main)
+    return run_on_loop(work.loop, _publish(work, conn))
 
 
 async def _subscribe(work: Workload, conn: WorkerPipe) -> SubscriberReport:

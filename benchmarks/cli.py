@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
 from . import large, report
-from .common import RECV_BUF_SIZE, TOPIC, Workload, lc02_datagram
+from .common import LOOPS, RECV_BUF_SIZE, TOPIC, Workload, lc02_datagram
 from .runner import BenchmarkError, Case, CaseRun, private_endpoint, private_name, run_case
 
 if TYPE_CHECKING:
@@ -48,7 +48,6 @@ THROUGHPUT_POLICY: Final = "block"
 # 5,000 messages per second.
 SLOW_WORK: Final = 100e-6
 SLOW_LOOP: Final = "asyncio"
-LOOPS: Final = ("asyncio", "uvloop")
 LARGE_POLICY: Final = "block"  # lossless, as the stream baseline's blocking sends
 
 

@@ -22,6 +22,7 @@ sockets, which they bound before READY.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import cProfile
 import os
@@ -30,10 +31,10 @@ import struct
 import time
 import traceback
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Final, TypeAlias
+from typing import TYPE_CHECKING, Any, Final, TypeAlias, TypeVar
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Mapping
+    from collections.abc import Callable, Coroutine, Mapping
     from multiprocessing.connection import Connection
 
     # A worker's end of its pipe: it sends READY and reports, receives GO and STOP.
@@ -309,3 +310,27 @@ def report_failure(conn: WorkerPipe) -> None:
     # OSError: the runner is gone; the traceback still goes to stderr.
     with contextlib.suppress(OSError):
         conn.send(WorkerFailed(traceback.format_exc()))
+
+
+_T = TypeVar("_T")
+LOOPS: Final = ("asyncio", "uvloop")
+
+
+def run_on_loop(loop: str, main: Coroutine[Any, Any, _T]) -> _T:
+    """Run ``main`` to completion on a new ``asyncio`` or ``uvloop`` event loop.
+
+    :param loop: ``"asyncio"`` or ``"uvloop"``.
+    :param main: the coroutine.
+    :return: what it returns.
+    :raises ValueError: for another loop name.
+    """
+    factory: Callable[[], asyncio.AbstractEventLoop] | None = None
+    if loop == "uvloop":
+        import uvloop  # only where it is used: the raw workers never pay for the import
+
+        factory = uvloop.new_event_loop
+    elif loop != "asyncio":
+        raise ValueError(f"unknown event loop {loop!r}; expected one of {LOOPS}")
+
+    with asyncio.Runner(loop_factory=factory) as runner:
+        return runner.run(main)

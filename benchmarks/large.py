@@ -67,11 +67,12 @@ from .common import (
     cpu_clock,
     raw_unix_address,
     receive_timeout,
+    run_on_loop,
     run_worker,
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Coroutine, Sequence
+    from collections.abc import Callable, Sequence
 
     import asyncbus
 
@@ -353,25 +354,12 @@ def _stream_publisher(work: Workload, conn: WorkerPipe) -> PublisherReport:
 
 def _bus_subscriber(work: Workload, conn: WorkerPipe) -> SubscriberReport:
     assert isinstance(work, LargeWorkload)
-    return _run(work.loop, _subscribe(work, conn))
+    return run_on_loop(work.loop, _subscribe(work, conn))
 
 
 def _bus_publisher(work: Workload, conn: WorkerPipe) -> PublisherReport:
     assert isinstance(work, LargeWorkload)
-    return _run(work.loop, _publish(work, conn))
-
-
-def _run(loop: str, main: Coroutine[Any, Any, T]) -> T:
-    factory: Callable[[], asyncio.AbstractEventLoop] | None = None
-    if loop == "uvloop":
-        import uvloop
-
-        factory = uvloop.new_event_loop
-    elif loop != "asyncio":
-        raise ValueError(f"unknown event loop {loop!r}; expected asyncio or uvloop")
-
-    with asyncio.Runner(loop_factory=factory) as runner:
-        return runner.run(main)
+    return run_on_loop(work.loop, _publish(work, conn))
 
 
 async def _subscribe(work: LargeWorkload, conn: WorkerPipe) -> SubscriberReport:
