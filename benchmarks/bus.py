@@ -19,7 +19,7 @@ import asyncio
 import dataclasses
 import enum
 import time
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING
 
 import asyncbus
 
@@ -42,9 +42,7 @@ from .common import (
 if TYPE_CHECKING:
     from .common import WorkerPipe
 
-__all__ = ["LOOPS", "run_publisher", "run_subscriber"]
-
-T = TypeVar("T")
+__all__ = ["run_publisher", "run_subscriber"]
 
 
 def run_subscriber(work: Workload, conn: WorkerPipe) -> None:

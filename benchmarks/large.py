@@ -52,7 +52,7 @@ import socket
 import struct
 import zlib
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final, TypeVar
+from typing import TYPE_CHECKING, Any, Final
 
 from .common import (
     END_PAYLOAD,
@@ -108,7 +108,6 @@ HEADER: Final = struct.Struct("<Q")  # what loan_header writes: the message numb
 # lossless, so it only bounds a broken run; a 64 MiB message to 4 subscribers on a
 # busy 2-core machine can take a second.
 IDLE_TIMEOUT: Final = 30.0
-T = TypeVar("T")
 
 
 @dataclass(frozen=True)
