@@ -1028,7 +1028,7 @@ class PoolMachine(RuleBasedStateMachine):
 
 
 PoolMachine.TestCase.settings = settings(
-    deadline=None, derandomize=True, max_examples=300, stateful_step_count=60
+    deadline=None, derandomize=True, max_examples=150, stateful_step_count=60
 )
 
 
