@@ -253,7 +253,11 @@ class UNIXMemberProtocol(MessageReceiver):
             self._segment_received(frame, source, sender, fds)
             return
 
-        if prefix != _SHORT_PREFIX or not fds:
+        if not fds:  # the kernel could not pass them (MSG_CTRUNC): the message is lost
+            self.fd_drops += 1
+            return
+
+        if prefix != _SHORT_PREFIX:
             self.malformed += 1  # only whole messages carry descriptors
             _close_all(fds)
             return
@@ -278,13 +282,18 @@ class UNIXMemberProtocol(MessageReceiver):
             segment = None
 
         peer = self._membership.peer_of(source)
-        if type(segment) is not Segment or not fds or peer is None:
-            self.malformed += 1  # garbage, no memfd, or SEGMENT before HELLO
+        if type(segment) is not Segment or peer is None:
+            self.malformed += 1  # garbage, or SEGMENT before HELLO
             _close_all(fds)
             return
 
         def release() -> None:
             self._release_loan(peer.address, segment.loan)
+
+        if not fds:  # its fds did not all arrive (MSG_CTRUNC): lost, but let it go
+            self.fd_drops += 1
+            release()
+            return
 
         if segment.size > self._max_message_size:
             self.oversize += 1
@@ -829,7 +838,7 @@ class UNIXMemberProtocol(MessageReceiver):
         counters["send_drops"] = self.send_drops
         counters["peers"] = self._membership.verified
         counters["peers_lost"] = self.peers_lost
-        counters["fd_drops"] = self.fd_drops + (transport.fds_truncated if transport else 0)
+        counters["fd_drops"] = self.fd_drops
         counters["bad_segments"] = self.bad_segments
         pool = self._segments.statistics()
         counters["segments_created"] = pool.created

@@ -416,7 +416,6 @@ class _UNIXBusTransport(asyncio.BaseTransport):
         self._view = memoryview(bytearray(_MAX_FRAME))  # every frame is read into it
         self.received = 0
         self.truncated = 0
-        self.fds_truncated = 0
         self.rejected = 0
         self.removed_stale = 0
         self._setup()
@@ -851,16 +850,23 @@ class _UNIXBusTransport(asyncio.BaseTransport):
     def _unwatch_link(self, link: _Link) -> None:
         """Stop reading a link (seqpacket)."""
 
-    def _drop_truncated(self, flags: int, fds: list[int] | None) -> None:
-        """Drop a frame cut short: larger than any frame a member sends, or fds lost."""
+    def _truncated(self, flags: int, fds: list[int] | None) -> bool:
+        """Handle a frame cut short; return whether it is dropped.
+
+        A frame larger than any a member sends is dropped. A frame whose fds
+        did not all arrive (``MSG_CTRUNC``: our ``RLIMIT_NOFILE``, most likely)
+        goes on with an empty fd list, the ones that came closed: the protocol
+        counts it, and may owe its sender an answer (a SEGMENT's RELEASE).
+        """
         if fds:
             _close_all(fds)
+            fds.clear()
 
-        if flags & _MSG_CTRUNC:
-            # The kernel could not give us every fd (our RLIMIT_NOFILE, most likely).
-            self.fds_truncated += 1
-        else:
+        if flags & _MSG_TRUNC:
             self.truncated += 1
+            return True
+
+        return False
 
 
 class UNIXDatagramTransport(_UNIXBusTransport):
@@ -926,8 +932,10 @@ class UNIXDatagramTransport(_UNIXBusTransport):
                     fds = _received_fds(ancdata)
 
             if flags & (_MSG_TRUNC | _MSG_CTRUNC):
-                self._drop_truncated(flags, fds)
-                continue
+                if self._truncated(flags, fds):
+                    continue
+
+                fds = []
 
             self.received += 1
             protocol.frame_received(view[:size].tobytes(), source, creds, fds)
@@ -1060,8 +1068,10 @@ class UNIXSeqpacketTransport(_UNIXBusTransport):
 
             fds = _received_fds(ancdata) if ancdata else None
             if flags & (_MSG_TRUNC | _MSG_CTRUNC):
-                self._drop_truncated(flags, fds)
-                continue
+                if self._truncated(flags, fds):
+                    continue
+
+                fds = []
 
             if size == 0 and not fds and _hung_up(sock):
                 self._end_inbound(inbound, None)
