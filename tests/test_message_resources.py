@@ -19,17 +19,9 @@ import asyncbus
 from asyncbus._core.patterns import TopicPattern
 from asyncbus._message import Message, Sender, _Mapping, _Resources, fd_budget
 from asyncbus._subscription import OverflowPolicy, Subscription, _Inbox, _Router
+from tests.peers.fd_member import is_open
 
 SENDER = Sender("test")
-
-
-def is_open(fd: int) -> bool:
-    try:
-        os.fstat(fd)
-    except OSError:
-        return False
-
-    return True
 
 
 @pytest.fixture
