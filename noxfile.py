@@ -72,8 +72,11 @@ def tests(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def bench(session: nox.Session) -> None:
-    """Benchmarks; pass ``-- --full`` for the full run (default: quick mode)."""
-    session.install("-e", ".")
+    """Benchmarks; pass ``-- --full`` for the full run (default: quick mode).
+
+    ``.[bench]`` brings the peers scenario's pyzmq and lcm.
+    """
+    session.install("-e", ".[bench]")
     args = session.posargs or ["--quick"]
     session.run("python", "-m", "benchmarks", *args)
 

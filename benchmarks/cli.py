@@ -10,7 +10,10 @@ markdown tables to stdout and writes the JSON document. Progress goes to stderr.
   on asyncio, one fast and one slow subscriber;
 * large payloads (1 MiB, 64 MiB; :mod:`benchmarks.large`), fan-out 1 and 4: a
   SOCK_STREAM copy baseline, then asyncbus on each AF_UNIX transport and loop in each
-  publisher mode.
+  publisher mode;
+* peers (:mod:`benchmarks.peers`), fan-out 1 and 4: pyzmq PUB/SUB over ``ipc://``
+  (sync and ``zmq.asyncio``) and LCM's binding over udpm, with the raw udpm loop as
+  the baseline.
 
 Quick mode keeps the benchmark working (CI runs it); it judges no number.
 """
@@ -25,7 +28,7 @@ import sys
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
-from . import large, report
+from . import large, peers, report
 from .common import LOOPS, RECV_BUF_SIZE, TOPIC, Workload, lc02_datagram
 from .runner import BenchmarkError, Case, CaseRun, private_endpoint, private_name, run_case
 
@@ -38,7 +41,7 @@ DEFAULT_JSON: Final = pathlib.Path(__file__).parent / "results" / "latest.json"
 PAYLOAD_SIZE: Final = 64  # bytes: a small message, where per-message overhead dominates
 FANOUTS: Final = (1, 4)
 TRANSPORTS: Final = ("udpm", "unix", "seqpacket")
-SCENARIOS: Final = ("throughput", "slow", "large")
+SCENARIOS: Final = ("throughput", "slow", "large", "peers")
 POLICIES: Final = ("drop_oldest", "drop_newest", "block")
 # Throughput on the AF_UNIX buses: `block` subscriptions, the lossless back-pressure
 # that matches the raw loops' blocking sends (any loss would still be counted).
@@ -62,7 +65,7 @@ def select_cases(
 
     :param transports: which of :data:`TRANSPORTS`.
     :param scenarios: which of :data:`SCENARIOS` (``slow`` and ``large`` exist for
-        AF_UNIX only).
+        AF_UNIX only; ``peers`` needs ``udpm``: its baseline is the raw udpm loop).
     :param policy: the subscriptions' overflow policy in the AF_UNIX throughput cases.
     :param sizes: the payload sizes of the large scenario.
     :param every: run each large-payload mode on every transport and loop (``False``,
@@ -110,7 +113,13 @@ def select_cases(
                 for transport, mode, loop in chosen
             )
 
-    return tuple(cases)
+    if "peers" in scenarios and "udpm" in transports:
+        for fanout in FANOUTS:
+            cases.append(Case("raw", None, fanout, "udpm"))
+            cases.extend(Case("pyzmq", loop, fanout, "ipc") for loop in peers.ZMQ_LOOPS)
+            cases.append(Case("lcm", None, fanout, "udpm"))
+
+    return tuple(dict.fromkeys(cases))  # the raw udpm cases once, with throughput and peers
 
 
 CASES: Final = select_cases()
@@ -196,7 +205,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     cases = select_cases(transports, scenarios, args.policy, sizes, every=mode is FULL)
     if not cases:
         print(
-            "no case selected: slow-subscriber and large cases exist for unix and seqpacket only",
+            "no case selected: slow-subscriber and large cases exist for unix and seqpacket "
+            "only, peers cases with udpm only",
+            file=sys.stderr,
+        )
+        return 2
+
+    if any(case.peer for case in cases) and (missing := peers.missing_packages()):
+        print(
+            f"the peers scenario needs {' and '.join(missing)}: "
+            f"pip install {' '.join(missing)}  (or: pip install -e '.[bench]')",
             file=sys.stderr,
         )
         return 2
@@ -249,6 +267,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             "idle_timeout": large.IDLE_TIMEOUT,
             "bus_options": "defaults: segment_memory=1 GiB, segment_cache=256 MiB",
             "gb": "10**9 bytes",
+        }
+
+    if any(case.peer for case in cases):
+        settings["peers"] = {
+            "pyzmq": "PUB bound to ipc://TMPDIR/<run name>/pub, one SUB per subscriber, "
+            "one frame per message; loops: sync (blocking sockets), asyncio (zmq.asyncio)",
+            "zmq_hwm": f"SNDHWM = RCVHWM = {peers.HWM} messages (PUB drops silently beyond)",
+            "zmq_slow_joiner": "publisher sends a 5-byte probe every 1 ms until GO; "
+            "a subscriber says READY once a probe arrived",
+            "lcm": "lcm.LCM(udpm://GROUP:PORT?ttl=0&recv_buf_size=N), private group and port "
+            "per run; publish() in a loop, handle_timeout() in a loop",
+            "baseline": "raw udpm loop of the same fan-out",
+            "loss": "sent - received (neither peer counts its drops)",
         }
 
     if args.profile:

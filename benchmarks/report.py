@@ -10,6 +10,8 @@ Metrics of one run (rates in messages per second):
 * ``total_rate`` -- all messages every subscriber received, over the span from the
   first arrival anywhere to the last one anywhere (one host-wide clock);
 * ``loss`` -- the mean over subscribers of ``1 - received / sent``;
+* ``lost`` -- ``sent - received``, summed over subscribers (the peers scenario's loss:
+  PUB/SUB and LCM drop without a counter);
 * ``publisher_cpu_us``, ``subscriber_cpu_us`` -- CPU microseconds per message: the
   publisher's over its send loop, and the mean over subscribers of theirs from the
   first message to the end (``time.process_time``; steadier than rates when other
@@ -116,6 +118,7 @@ def run_metrics(run: CaseRun) -> Metrics:
         "slowest_subscriber_rate": min(report.rate for report in subscribers),
         "total_rate": intervals / span if span > 0 else 0.0,
         "loss": statistics.fmean(1 - report.received / sent for report in subscribers),
+        "lost": float(sum(sent - report.received for report in subscribers)),
         "publisher_cpu_us": 1e6 * publisher.cpu / sent if publisher.cpu else None,
         "subscriber_cpu_us": _cpu_per_message(subscribers),
         "kernel_drops": float(sum(max(report.kernel_drops, 0) for report in subscribers)),
@@ -250,6 +253,8 @@ def machine() -> dict[str, object]:
         "python": platform.python_version(),
         "python_implementation": platform.python_implementation(),
         "uvloop": _version("uvloop"),
+        "pyzmq": _version("pyzmq"),  # the peers scenario
+        "lcm": _version("lcm"),
         "asyncbus": getattr(asyncbus, "__version__", None) or _version("asyncbus"),
         "asyncbus_git": _git_revision(),
         "load_average": list(os.getloadavg()),
@@ -295,15 +300,16 @@ def markdown(cases: Sequence[tuple[Case, Sequence[CaseRun], Metrics | None]]) ->
 
     :param cases: each case with its runs and its ratios to raw (or ``None``).
     :return: a heading and a table for each of udpm throughput, AF_UNIX throughput,
-        slow subscribers and large payloads that has cases.
+        slow subscribers, large payloads and peers that has cases.
     """
     large = [item for item in cases if item[0].size is not None]
-    cases = [item for item in cases if item[0].size is None]
+    peers = [item for item in cases if item[0].peer]
+    cases = [item for item in cases if item[0].size is None and not item[0].peer]
     udpm = [item for item in cases if item[0].transport == "udpm" and not item[0].slow]
     unix = [item for item in cases if item[0].transport != "udpm" and not item[0].slow]
     slow = [item for item in cases if item[0].slow]
     sections = []
-    if udpm:
+    if any(item[0].implementation == "asyncbus" for item in udpm):
         sections.append("### udpm throughput\n\n" + _udpm_table(udpm))
 
     if unix:
@@ -316,6 +322,10 @@ def markdown(cases: Sequence[tuple[Case, Sequence[CaseRun], Metrics | None]]) ->
         sections.append(
             "### Large payloads, every byte read (GB = 10**9 bytes)\n\n" + _large_table(large)
         )
+
+    if peers:
+        raw = [item for item in udpm if item[0].implementation == "raw"]
+        sections.append("### Peers: pyzmq PUB/SUB and LCM\n\n" + _peers_table(raw + peers))
 
     return "\n\n".join(sections)
 
@@ -444,6 +454,36 @@ def _large_table(cases: Sequence[tuple[Case, Sequence[CaseRun], Metrics | None]]
             _hundredths(_milli(median["subscriber_cpu_us"])),
             _number(median.get("publisher_faults")),
             _number(median.get("subscriber_faults")),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+
+    return "\n".join(lines)
+
+
+def _peers_table(cases: Sequence[tuple[Case, Sequence[CaseRun], Metrics | None]]) -> str:
+    lines = [
+        "| system | transport | loop | fan-out | sent msg/s | delivered msg/s per sub "
+        "| delivered msg/s total | loss | lost (most of any run) | vs raw udpm (per sub) "
+        "| vs raw udpm (total) | CPU us/msg pub | CPU us/msg sub |",
+        "|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+    ]
+    for case, runs, ratios in cases:
+        median = median_metrics(runs)
+        ratios = ratios or {}
+        cells = [
+            case.implementation,
+            case.transport,
+            case.loop or "-",
+            f"1→{case.fanout}",
+            _number(median["send_rate"]),
+            _number(median["subscriber_rate"]),
+            _number(median["total_rate"]),
+            _percent(median["loss"]),
+            _number(_largest(runs, "lost")),
+            _times(ratios.get("subscriber_rate")),
+            _times(ratios.get("total_rate")),
+            _decimal(median["publisher_cpu_us"]),
+            _decimal(median["subscriber_cpu_us"]),
         ]
         lines.append("| " + " | ".join(cells) + " |")
 

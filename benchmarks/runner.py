@@ -40,6 +40,8 @@ READY_TIMEOUT: Final = 60.0  # seconds for every process to start and open its s
 JOIN_TIMEOUT: Final = 10.0  # seconds for a process to exit once it has reported
 GROUPS: Final = ipaddress.IPv4Network("239.255.0.0/16")  # RFC 2365 local scope
 LCM_DEFAULT_GROUP: Final = ipaddress.IPv4Address("239.255.76.67")
+# The peers scenario's implementations (benchmarks.peers): compared with raw udpm.
+PEERS: Final = ("pyzmq", "lcm")
 
 
 class BenchmarkError(RuntimeError):
@@ -50,11 +52,12 @@ class BenchmarkError(RuntimeError):
 class Case:
     """One line of a results table.
 
-    :param implementation: ``"raw"`` or ``"asyncbus"``.
-    :param loop: the event loop for asyncbus (``"asyncio"``, ``"uvloop"``); ``None`` for raw.
+    :param implementation: ``"raw"``, ``"asyncbus"``, or a peer (:data:`PEERS`).
+    :param loop: the event loop for asyncbus (``"asyncio"``, ``"uvloop"``) and pyzmq
+        (``"asyncio"``, ``"sync"``); ``None`` for raw and LCM.
     :param fanout: how many subscriber processes.
-    :param transport: ``"udpm"``, ``"unix"``, ``"seqpacket"``, or ``"stream"`` (the
-        large scenario's baseline: AF_UNIX SOCK_STREAM).
+    :param transport: ``"udpm"``, ``"unix"``, ``"seqpacket"``, ``"stream"`` (the
+        large scenario's baseline: AF_UNIX SOCK_STREAM), or ``"ipc"`` (pyzmq).
     :param policy: the overflow policy of the asyncbus subscriptions (``None`` for raw).
     :param slow: one fast and one slow subscriber (the slow-subscriber scenario).
     :param size: the payload size of the large-payload scenario (:mod:`benchmarks.large`;
@@ -79,8 +82,13 @@ class Case:
         ``asyncbus-uvloop-1to4`` (udpm, the names of the first version),
         ``unix-raw-1to1``, ``seqpacket-asyncbus-asyncio-1to4``,
         ``unix-asyncbus-asyncio-slow-drop_newest``,
-        ``large-unix-asyncbus-uvloop-loan_copy-64MiB-1to4``, ``large-stream-raw-1MiB-1to1``.
+        ``large-unix-asyncbus-uvloop-loan_copy-64MiB-1to4``, ``large-stream-raw-1MiB-1to1``,
+        ``peers-ipc-pyzmq-sync-1to4``, ``peers-udpm-lcm-1to1``.
         """
+        if self.peer:
+            parts = ["peers", self.transport, self.implementation, self.loop]
+            return "-".join(part for part in [*parts, f"1to{self.fanout}"] if part)
+
         transport = None if self.transport == "udpm" else self.transport
         shape = f"slow-{self.policy}" if self.slow else f"1to{self.fanout}"
         size = None if self.size is None else large.size_label(self.size)
@@ -89,21 +97,35 @@ class Case:
         return "-".join(part for part in parts if part)
 
     @property
+    def peer(self) -> bool:
+        """Whether this is a case of the peers scenario (pyzmq, LCM)."""
+        return self.implementation in PEERS
+
+    @property
     def baseline(self) -> Case:
         """The raw case this one is compared with: same transport, same fan-out.
 
         In the large scenario: the stream baseline with the same payload size and fan-out.
+        The peers are compared with the raw udpm loop of the same fan-out.
         """
         if self.size is not None:
             return Case("raw", None, self.fanout, "stream", size=self.size)
 
-        return Case("raw", None, self.fanout, self.transport)
+        return Case("raw", None, self.fanout, "udpm" if self.peer else self.transport)
 
     def workers(self) -> tuple[Worker, Worker]:
         """Return the publisher's and the subscribers' process entry points."""
         # Imported here so that each worker process imports its own module only.
         if self.size is not None:
             return large.run_publisher, large.run_subscriber
+
+        if self.peer:
+            from . import peers
+
+            if self.implementation == "lcm":
+                return peers.run_lcm_publisher, peers.run_lcm_subscriber
+
+            return peers.run_zmq_publisher, peers.run_zmq_subscriber
 
         if self.implementation == "raw" and self.transport == "udpm":
             from . import raw

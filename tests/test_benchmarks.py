@@ -105,7 +105,7 @@ def _check_throughput(cases: dict[str, dict[str, Any]]) -> None:
 
 def test_quick_run_reports_every_udpm_case(tmp_path: Path) -> None:
     require(_loopback_multicast(), "this host does not deliver multicast on lo (no IPv4 on lo?)")
-    document, table = _run_quick(tmp_path, "--transport", "udpm")
+    document, table = _run_quick(tmp_path, "--transport", "udpm", "--scenario", "throughput")
 
     cases = {case["id"]: case for case in document["cases"]}
     assert cases.keys() == UDPM_CASES
@@ -186,4 +186,36 @@ def test_quick_run_reports_the_large_scenario(tmp_path: Path) -> None:
 
     assert "### Large payloads, every byte read (GB = 10**9 bytes)" in table
     rows = [line for line in table if line.startswith(("| stream ", "| asyncbus "))]
+    assert len(rows) == len(cases), table
+
+
+PEER_CASES = {
+    f"{name}-1to{fanout}"
+    for fanout in (1, 4)
+    for name in ("peers-ipc-pyzmq-sync", "peers-ipc-pyzmq-asyncio", "peers-udpm-lcm")
+}
+
+
+def test_quick_run_reports_every_peer_case(tmp_path: Path) -> None:
+    require(_loopback_multicast(), "this host does not deliver multicast on lo (no IPv4 on lo?)")
+    document, table = _run_quick(tmp_path, "--scenario", "peers")
+    assert {"zmq_hwm", "lcm", "baseline"} <= document["settings"]["peers"].keys()
+
+    cases = {case["id"]: case for case in document["cases"]}
+    # The peers, and the raw udpm loops they are compared with, in the same run.
+    assert cases.keys() == PEER_CASES | {"raw-1to1", "raw-1to4"}
+    for case_id, case in cases.items():
+        (run,) = case["runs"]
+        sent = run["publisher"]["sent"]
+        assert sent == MESSAGES, case_id
+        for subscriber in run["subscribers"]:
+            # PUB/SUB and multicast may drop (no speed is judged), never invent messages.
+            assert 0 < subscriber["received"] <= sent, f"{case_id}: {subscriber}"
+
+        assert run["metrics"]["lost"] == sum(sent - s["received"] for s in run["subscribers"])
+        if case_id in PEER_CASES:
+            assert case["ratio_vs_raw"]["subscriber_rate"] > 0, case_id
+
+    assert "### Peers: pyzmq PUB/SUB and LCM" in table
+    rows = [line for line in table if line.startswith(("| raw ", "| pyzmq ", "| lcm "))]
     assert len(rows) == len(cases), table
