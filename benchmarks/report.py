@@ -59,14 +59,14 @@ import platform
 import statistics
 import subprocess
 import sys
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, TypeAlias
 
 import asyncbus
 
 from .large import size_label
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping, Sequence
+    from collections.abc import Callable, Mapping, Sequence
 
     from .common import SubscriberReport
     from .runner import Case, CaseRun
@@ -330,76 +330,91 @@ def markdown(cases: Sequence[tuple[Case, Sequence[CaseRun], Metrics | None]]) ->
     return "\n\n".join(sections)
 
 
-def _udpm_table(cases: Sequence[tuple[Case, Sequence[CaseRun], Metrics | None]]) -> str:
-    lines = [
-        "| case | loop | fan-out | sent msg/s | delivered msg/s per sub | delivered msg/s total "
-        "| loss | kernel drops | gaps | vs raw (per sub) | vs raw (total) |",
-        "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
-    ]
+Row: TypeAlias = "Callable[[Case, Sequence[CaseRun], Metrics, Metrics], list[str]]"
+
+
+def _table(
+    columns: str,
+    align: str,
+    cases: Sequence[tuple[Case, Sequence[CaseRun], Metrics | None]],
+    row: Row,
+) -> str:
+    """Return a markdown table: a header, then ``row(case, runs, median, ratios)`` per case."""
+    lines = [f"| {columns} |", align]
     for case, runs, ratios in cases:
-        median = median_metrics(runs)
-        ratios = ratios or {}
-        cells = [
-            case.implementation,
-            case.loop or "-",
-            f"1→{case.fanout}",
-            _number(median["send_rate"]),
-            _number(median["subscriber_rate"]),
-            _number(median["total_rate"]),
-            _percent(median["loss"]),
-            _number(median["kernel_drops"]),
-            _number(median["gaps"]),
-            _times(ratios.get("subscriber_rate")),
-            _times(ratios.get("total_rate")),
-        ]
+        cells = row(case, runs, median_metrics(runs), ratios or {})
         lines.append("| " + " | ".join(cells) + " |")
 
     return "\n".join(lines)
 
 
+def _rates(median: Metrics) -> list[str]:
+    """Sent, delivered per subscriber and delivered in total, in msg/s."""
+    return [_number(median[name]) for name in ("send_rate", "subscriber_rate", "total_rate")]
+
+
+def _versus(ratios: Metrics) -> list[str]:
+    """The ratios to the baseline, per subscriber and in total."""
+    return [_times(ratios.get("subscriber_rate")), _times(ratios.get("total_rate"))]
+
+
+def _worst_loss(runs: Sequence[CaseRun]) -> str:
+    return _percent(max(run_metrics(run)["loss"] or 0.0 for run in runs), digits=3)
+
+
+def _udpm_table(cases: Sequence[tuple[Case, Sequence[CaseRun], Metrics | None]]) -> str:
+    def row(case: Case, runs: Sequence[CaseRun], median: Metrics, ratios: Metrics) -> list[str]:
+        return [
+            case.implementation,
+            case.loop or "-",
+            f"1→{case.fanout}",
+            *_rates(median),
+            _percent(median["loss"]),
+            _number(median["kernel_drops"]),
+            _number(median["gaps"]),
+            *_versus(ratios),
+        ]
+
+    return _table(
+        "case | loop | fan-out | sent msg/s | delivered msg/s per sub | delivered msg/s total "
+        "| loss | kernel drops | gaps | vs raw (per sub) | vs raw (total)",
+        "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+        cases,
+        row,
+    )
+
+
 def _unix_table(cases: Sequence[tuple[Case, Sequence[CaseRun], Metrics | None]]) -> str:
-    lines = [
-        "| transport | case | loop | fan-out | sent msg/s | delivered msg/s per sub "
-        "| delivered msg/s total | loss | gaps | send drops | unaccounted "
-        "| vs raw (per sub) | vs raw (total) | CPU us/msg pub | CPU us/msg sub |",
-        "|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
-    ]
-    for case, runs, ratios in cases:
-        median = median_metrics(runs)
-        ratios = ratios or {}
-        cells = [
+    def row(case: Case, runs: Sequence[CaseRun], median: Metrics, ratios: Metrics) -> list[str]:
+        return [
             case.transport,
             case.implementation,
             case.loop or "-",
             f"1→{case.fanout}",
-            _number(median["send_rate"]),
-            _number(median["subscriber_rate"]),
-            _number(median["total_rate"]),
-            _percent(max(run_metrics(run)["loss"] or 0.0 for run in runs), digits=3),
+            *_rates(median),
+            _worst_loss(runs),
             _number(_largest(runs, "gaps")),
             _number(_largest(runs, "send_drops")),
             _number(_largest(runs, "unaccounted")),
-            _times(ratios.get("subscriber_rate")),
-            _times(ratios.get("total_rate")),
+            *_versus(ratios),
             _decimal(median["publisher_cpu_us"]),
             _decimal(median["subscriber_cpu_us"]),
         ]
-        lines.append("| " + " | ".join(cells) + " |")
 
-    return "\n".join(lines)
+    return _table(
+        "transport | case | loop | fan-out | sent msg/s | delivered msg/s per sub "
+        "| delivered msg/s total | loss | gaps | send drops | unaccounted "
+        "| vs raw (per sub) | vs raw (total) | CPU us/msg pub | CPU us/msg sub",
+        "|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+        cases,
+        row,
+    )
 
 
 def _slow_table(cases: Sequence[tuple[Case, Sequence[CaseRun], Metrics | None]]) -> str:
-    lines = [
-        "| transport | policy | loop | sent msg/s | fast: delivered / lost | fast msg/s "
-        "| slow: delivered / lost | slow msg/s | slow: last seq | slow gaps "
-        "| slow overflow drops | publisher send_drops | send_drops = gaps | unaccounted |",
-        "|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
-    ]
-    for case, runs, _ in cases:
-        median = median_metrics(runs)
+    def row(case: Case, runs: Sequence[CaseRun], median: Metrics, ratios: Metrics) -> list[str]:
         equal = sum(run_metrics(run).get("drops_equal") == 1.0 for run in runs)
-        cells = [
+        return [
             case.transport,
             case.policy or "-",
             case.loop or "-",
@@ -415,28 +430,26 @@ def _slow_table(cases: Sequence[tuple[Case, Sequence[CaseRun], Metrics | None]])
             f"{equal}/{len(runs)} runs",
             _number(_largest(runs, "unaccounted")),
         ]
-        lines.append("| " + " | ".join(cells) + " |")
 
-    return "\n".join(lines)
+    return _table(
+        "transport | policy | loop | sent msg/s | fast: delivered / lost | fast msg/s "
+        "| slow: delivered / lost | slow msg/s | slow: last seq | slow gaps "
+        "| slow overflow drops | publisher send_drops | send_drops = gaps | unaccounted",
+        "|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+        cases,
+        row,
+    )
 
 
 def _large_table(cases: Sequence[tuple[Case, Sequence[CaseRun], Metrics | None]]) -> str:
-    lines = [
-        "| system | mode | loop | size | fan-out | msg/s per sub | GB/s per sub | GB/s total "
-        "| loss | corrupt | vs stream (per sub) | vs stream (total) | segments new / reused "
-        "| CPU ms/msg pub | CPU ms/msg sub | faults/msg pub | faults/msg sub |",
-        "|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
-    ]
-    for case, runs, ratios in cases:
-        median = median_metrics(runs)
-        ratios = ratios or {}
+    def row(case: Case, runs: Sequence[CaseRun], median: Metrics, ratios: Metrics) -> list[str]:
         stream = case.transport == "stream"
         segments = "-"
         if not stream:
             created, reused = median.get("segments_created"), median.get("segments_reused")
             segments = f"{_number(created)} / {_number(reused)}"
 
-        cells = [
+        return [
             "stream (copy)" if stream else f"asyncbus {case.transport}",
             "sendall" if stream else (case.mode or "-"),
             case.loop or "-",
@@ -445,49 +458,49 @@ def _large_table(cases: Sequence[tuple[Case, Sequence[CaseRun], Metrics | None]]
             _decimal(median["subscriber_rate"]),
             _hundredths(median.get("subscriber_gbps")),
             _hundredths(median.get("total_gbps")),
-            _percent(max(run_metrics(run)["loss"] or 0.0 for run in runs), digits=3),
+            _worst_loss(runs),
             _number(_largest(runs, "corrupt")),
-            _times(ratios.get("subscriber_rate")),
-            _times(ratios.get("total_rate")),
+            *_versus(ratios),
             segments,
             _hundredths(_milli(median["publisher_cpu_us"])),
             _hundredths(_milli(median["subscriber_cpu_us"])),
             _number(median.get("publisher_faults")),
             _number(median.get("subscriber_faults")),
         ]
-        lines.append("| " + " | ".join(cells) + " |")
 
-    return "\n".join(lines)
+    return _table(
+        "system | mode | loop | size | fan-out | msg/s per sub | GB/s per sub | GB/s total "
+        "| loss | corrupt | vs stream (per sub) | vs stream (total) | segments new / reused "
+        "| CPU ms/msg pub | CPU ms/msg sub | faults/msg pub | faults/msg sub",
+        "|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+        cases,
+        row,
+    )
 
 
 def _peers_table(cases: Sequence[tuple[Case, Sequence[CaseRun], Metrics | None]]) -> str:
-    lines = [
-        "| system | transport | loop | fan-out | sent msg/s | delivered msg/s per sub "
-        "| delivered msg/s total | loss | lost (most of any run) | vs raw udpm (per sub) "
-        "| vs raw udpm (total) | CPU us/msg pub | CPU us/msg sub |",
-        "|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
-    ]
-    for case, runs, ratios in cases:
-        median = median_metrics(runs)
-        ratios = ratios or {}
-        cells = [
+    def row(case: Case, runs: Sequence[CaseRun], median: Metrics, ratios: Metrics) -> list[str]:
+        return [
             case.implementation,
             case.transport,
             case.loop or "-",
             f"1→{case.fanout}",
-            _number(median["send_rate"]),
-            _number(median["subscriber_rate"]),
-            _number(median["total_rate"]),
+            *_rates(median),
             _percent(median["loss"]),
             _number(_largest(runs, "lost")),
-            _times(ratios.get("subscriber_rate")),
-            _times(ratios.get("total_rate")),
+            *_versus(ratios),
             _decimal(median["publisher_cpu_us"]),
             _decimal(median["subscriber_cpu_us"]),
         ]
-        lines.append("| " + " | ".join(cells) + " |")
 
-    return "\n".join(lines)
+    return _table(
+        "system | transport | loop | fan-out | sent msg/s | delivered msg/s per sub "
+        "| delivered msg/s total | loss | lost (most of any run) | vs raw udpm (per sub) "
+        "| vs raw udpm (total) | CPU us/msg pub | CPU us/msg sub",
+        "|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+        cases,
+        row,
+    )
 
 
 def _size(size: int | None) -> str:
