@@ -35,6 +35,8 @@ class MessageReceiver:
         self._sequences = SequenceTracker()
         self._expiry: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        # Made at connection_made, resolved at connection_lost with what broke it.
+        self._closed: asyncio.Future[BaseException | None] | None = None
         self.datagrams = 0
         self.received = 0
         self.malformed = 0
@@ -95,6 +97,20 @@ class MessageReceiver:
         self._sequences.observe(source, seq)
         self.received += 1
         self._router.dispatch(topic, data, seq, sender, resources)
+
+    async def wait_closed(self) -> BaseException | None:
+        """Wait for ``connection_lost``; return what the transport broke with, or ``None``."""
+        assert self._closed is not None
+        return await asyncio.shield(self._closed)
+
+    def closed_with(self) -> asyncio.Future[BaseException | None]:
+        """The future that ``connection_lost`` resolves."""
+        assert self._closed is not None
+        return self._closed
+
+    def _report_closed(self, exc: BaseException | None) -> None:
+        if self._closed is not None and not self._closed.done():
+            self._closed.set_result(exc)
 
     def expect_first(self, source: Hashable) -> None:
         """Expect message number 0 next from ``source`` (a new link), so early drops count."""

@@ -30,7 +30,6 @@ class UDPMulticastProtocol(MessageReceiver, asyncio.DatagramProtocol):
         self._transport: asyncio.BaseTransport | None = None
         self._writable: asyncio.Event | None = None
         self._send_error: OSError | None = None
-        self._closed: asyncio.Future[BaseException | None] | None = None
         self.sending = False
 
     # -- asyncio protocol callbacks -------------------------------------------
@@ -69,8 +68,7 @@ class UDPMulticastProtocol(MessageReceiver, asyncio.DatagramProtocol):
         if self._writable is not None:
             self._writable.set()
 
-        if self._closed is not None and not self._closed.done():
-            self._closed.set_result(exc)
+        self._report_closed(exc)
 
     # -- used by the bus ------------------------------------------------------
 
@@ -83,19 +81,6 @@ class UDPMulticastProtocol(MessageReceiver, asyncio.DatagramProtocol):
         """Wait until the transport's write buffer is below its high-water mark."""
         assert self._writable is not None
         await self._writable.wait()
-
-    async def wait_closed(self) -> BaseException | None:
-        """Wait for ``connection_lost``.
-
-        :return: the exception the transport broke with, or ``None``.
-        """
-        assert self._closed is not None
-        return await asyncio.shield(self._closed)
-
-    def closed_with(self) -> asyncio.Future[BaseException | None]:
-        """The future that ``connection_lost`` resolves."""
-        assert self._closed is not None
-        return self._closed
 
     def statistics(self) -> dict[str, int]:
         """Return the adapter's counters, merged with the core's."""

@@ -120,7 +120,6 @@ class UNIXMemberProtocol(MessageReceiver):
         self._room_waiters: dict[bytes, list[asyncio.Future[None]]] = {}
         self._change_waiters: list[asyncio.Future[None]] = []
         self._joining: set[bytes] = set()
-        self._closed: asyncio.Future[BaseException | None] | None = None
         self._leaving = False
         self.rejected = 0
         self.send_drops = 0
@@ -235,8 +234,7 @@ class UNIXMemberProtocol(MessageReceiver):
             self._wake_room(address)
 
         self._wake_changes()
-        if self._closed is not None and not self._closed.done():
-            self._closed.set_result(exc)
+        self._report_closed(exc)
 
     # -- frames with file descriptors -----------------------------------------
 
@@ -817,16 +815,6 @@ class UNIXMemberProtocol(MessageReceiver):
         waiters, self._change_waiters = self._change_waiters, []
         for waiter in waiters:
             _resolve(waiter)
-
-    async def wait_closed(self) -> BaseException | None:
-        """Wait for ``connection_lost``; return what the transport broke with."""
-        assert self._closed is not None
-        return await asyncio.shield(self._closed)
-
-    def closed_with(self) -> asyncio.Future[BaseException | None]:
-        """The future that ``connection_lost`` resolves."""
-        assert self._closed is not None
-        return self._closed
 
     def statistics(self) -> dict[str, int]:
         """Return the adapter's and transport's counters."""
