@@ -13,7 +13,10 @@ markdown tables to stdout and writes the JSON document. Progress goes to stderr.
   publisher mode;
 * peers (:mod:`benchmarks.peers`), fan-out 1 and 4: pyzmq PUB/SUB over ``ipc://``
   (sync and ``zmq.asyncio``) and LCM's binding over udpm, with the raw udpm loop as
-  the baseline.
+  the baseline;
+* latency (:mod:`benchmarks.latency`): 64-byte round trips (ping-pong, two
+  processes) through raw sockets, asyncbus, pyzmq and LCM, with its own table and
+  the JSON document's ``latency`` list.
 
 Quick mode keeps the benchmark working (CI runs it); it judges no number.
 """
@@ -28,7 +31,7 @@ import sys
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
-from . import large, peers, report
+from . import large, latency, peers, report
 from .common import LOOPS, RECV_BUF_SIZE, TOPIC, Workload, lc02_datagram
 from .runner import BenchmarkError, Case, CaseRun, private_endpoint, private_name, run_case
 
@@ -41,7 +44,7 @@ DEFAULT_JSON: Final = pathlib.Path(__file__).parent / "results" / "latest.json"
 PAYLOAD_SIZE: Final = 64  # bytes: a small message, where per-message overhead dominates
 FANOUTS: Final = (1, 4)
 TRANSPORTS: Final = ("udpm", "unix", "seqpacket")
-SCENARIOS: Final = ("throughput", "slow", "large", "peers")
+SCENARIOS: Final = ("throughput", "slow", "large", "peers", "latency")
 POLICIES: Final = ("drop_oldest", "drop_newest", "block")
 # Throughput on the AF_UNIX buses: `block` subscriptions, the lossless back-pressure
 # that matches the raw loops' blocking sends (any loss would still be counted).
@@ -203,7 +206,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     sizes = tuple(dict.fromkeys(args.large_size or large.SIZES))
     large_messages = {size: mode.large_messages(size, args.large_bytes) for size in sizes}
     cases = select_cases(transports, scenarios, args.policy, sizes, every=mode is FULL)
-    if not cases:
+    latency_cases: tuple[latency.LatencyCase, ...] = ()
+    if "latency" in scenarios:
+        latency_cases, notes = latency.select(transports)
+        for note in notes:
+            print(note, file=sys.stderr)
+
+    latency_plan = latency.plan(mode is FULL, args.rounds, args.repeats)
+    if not cases and not latency_cases:
         print(
             "no case selected: slow-subscriber and large cases exist for unix and seqpacket "
             "only, peers cases with udpm only",
@@ -282,6 +292,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             "loss": "sent - received (neither peer counts its drops)",
         }
 
+    if latency_cases:
+        settings["latency"] = latency.settings(latency_plan)
+
     if args.profile:
         args.profile.mkdir(parents=True, exist_ok=True)
 
@@ -299,6 +312,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 run = run_case(case, work)
                 runs[case].append(run)
                 _progress(repeat, repeats if case.size is None else large_repeats, case, run)
+
+        latency_results = latency.run(latency_cases, latency_plan, rng)
     except BenchmarkError as exc:
         print(f"benchmark failed: {exc}", file=sys.stderr)
         return 1
@@ -314,9 +329,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     host["load_average_after"] = report.machine()["load_average"]
     path: pathlib.Path = args.json
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report.document(settings, host, results), indent=2) + "\n")
-    print(report.markdown([(case, runs[case], ratios[case]) for case in cases]))
-    print()
+    document = report.document(settings, host, results)
+    if latency_cases:
+        document["latency"] = latency_results
+
+    path.write_text(json.dumps(document, indent=2) + "\n")
+    if cases:
+        print(report.markdown([(case, runs[case], ratios[case]) for case in cases]))
+        print()
+
+    if latency_cases:
+        print(latency.markdown(latency_results, latency_plan))
+        print()
+
     if any(case.size is None for case in cases):
         print(
             f"{mode.name} mode: {messages:,} x {PAYLOAD_SIZE}-byte messages"
@@ -447,6 +472,15 @@ def _parser() -> argparse.ArgumentParser:
                 for mode in (QUICK, FULL)
             )
             + ")"
+        ),
+    )
+    parser.add_argument(
+        "--rounds",
+        type=_at_least(1),
+        metavar="N",
+        help=(
+            f"timed round trips per latency run (default: {latency.QUICK.rounds:,} quick, "
+            f"{latency.FULL.rounds:,} full)"
         ),
     )
     parser.add_argument(
