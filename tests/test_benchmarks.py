@@ -9,6 +9,7 @@ whole (every checksum the expected one) in a shared segment each.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import select
@@ -218,4 +219,47 @@ def test_quick_run_reports_every_peer_case(tmp_path: Path) -> None:
 
     assert "### Peers: pyzmq PUB/SUB and LCM" in table
     rows = [line for line in table if line.startswith(("| raw ", "| pyzmq ", "| lcm "))]
+    assert len(rows) == len(cases), table
+
+
+LATENCY_ROUNDS = 50  # tiny: every system, two processes each, in a few seconds
+LATENCY_CASES = {
+    f"latency-{transport}-{name}"
+    for transport in ("unix", "seqpacket", "udpm")
+    for name in ("raw", "asyncbus-asyncio", "asyncbus-uvloop")
+} | {"latency-ipc-pyzmq-sync", "latency-ipc-pyzmq-asyncio", "latency-udpm-lcm"}
+LATENCY_KEYS = {"id", "system", "transport", "loop", "median", "ratio_p50_vs_raw", "baseline"}
+LATENCY_METRICS = {"rtt_p50_us", "rtt_p99_us", "rtt_mean_us", "rtt_min_us", "rtt_max_us"}
+
+
+def test_quick_run_reports_every_latency_case(tmp_path: Path) -> None:
+    require(_loopback_multicast(), "this host does not deliver multicast on lo (no IPv4 on lo?)")
+    require(_abstract_seqpacket(), "this kernel has no AF_UNIX SOCK_SEQPACKET (Linux >= 2.6.4)")
+    missing = [name for name in ("zmq", "lcm") if importlib.util.find_spec(name) is None]
+    require(not missing, f"no {missing}: pip install -e '.[bench]' (pyzmq, lcm)")
+    options = ("--scenario", "latency", "--rounds", str(LATENCY_ROUNDS))
+    document, table = _run_quick(tmp_path, *options)
+    assert document["settings"]["latency"]["rounds"] == LATENCY_ROUNDS
+
+    cases = {case["id"]: case for case in document["latency"]}
+    assert cases.keys() == LATENCY_CASES
+    for case_id, case in cases.items():
+        assert LATENCY_KEYS | {"runs"} <= case.keys(), case_id
+        assert case["median"].keys() == LATENCY_METRICS, case_id
+        assert case["baseline"] in cases, case_id
+        if case["system"] == "raw":
+            assert case["ratio_p50_vs_raw"] is None, case_id
+            assert case["loop"] is None, case_id
+        else:
+            assert case["ratio_p50_vs_raw"] > 0, case_id
+
+        (run,) = case["runs"]
+        assert run["samples"] == LATENCY_ROUNDS, f"{case_id}: {run}"
+        for numbers in (run, case["median"]):
+            assert 0 < numbers["rtt_min_us"] <= numbers["rtt_p50_us"], f"{case_id}: {numbers}"
+            assert numbers["rtt_p50_us"] <= numbers["rtt_p99_us"], f"{case_id}: {numbers}"
+            assert numbers["rtt_p99_us"] <= numbers["rtt_max_us"], f"{case_id}: {numbers}"
+
+    assert "### Round-trip latency, 64-byte payload (us)" in table
+    rows = [line for line in table if line.startswith(("| unix", "| seqpacket", "| udpm", "| ipc"))]
     assert len(rows) == len(cases), table
