@@ -36,11 +36,15 @@ received (``drop_oldest`` keeps the newest messages, ``drop_newest`` does not); 
 ``drops_equal``, 1 when the publisher's ``send_drops`` equals the subscribers'
 summed ``gaps`` (every drop the publisher made was seen), else 0.
 
-For the large-payload scenario (:mod:`benchmarks.large`) each run also has
-``subscriber_gbps`` and ``total_gbps`` (the rates above times the payload size, in
-GB/s, GB = 10**9 bytes), ``corrupt`` (payloads whose checksum was not the expected
-one, summed over subscribers; ``None`` where not checked) and, for asyncbus, the
-publisher's ``segments_created`` and ``segments_reused`` over its send loop; and
+Every subscriber of every scenario reads every byte of every payload (``zlib.crc32``)
+and compares the checksum with the expected one, so every run also has
+``mb_per_sub`` and ``mb_total`` (``subscriber_rate`` and ``total_rate`` times the
+payload size, in MB/s, MB = 10**6 bytes), ``subscriber_gbps`` and ``total_gbps`` (the
+same in GB/s, GB = 10**9 bytes; the large scenario's first units), ``corrupt``
+(payloads whose checksum was not the expected one, summed over subscribers; ``None``
+where not checked) and, for asyncbus, the publisher's ``segments_created`` and
+``segments_reused`` over its send loop (0 below one frame's size). For the
+large-payload scenario (:mod:`benchmarks.large`) there are also
 ``publisher_faults``, ``subscriber_faults``: minor page faults per message (the
 publisher's over its send loop, the mean over subscribers of theirs from the first
 message to the end; ``getrusage``).
@@ -59,7 +63,7 @@ import platform
 import statistics
 import subprocess
 import sys
-from typing import TYPE_CHECKING, Final, TypeAlias
+from typing import TYPE_CHECKING, Any, Final, TypeAlias, TypedDict
 
 import asyncbus
 
@@ -81,6 +85,8 @@ __all__ = [
     "median_metrics",
     "ratios",
     "run_metrics",
+    "targets",
+    "targets_markdown",
 ]
 
 # The rates, whose spread over the runs the JSON also reports (machines are noisy).
@@ -93,6 +99,8 @@ RATES: Final = (
     "slow_rate",
     "subscriber_gbps",
     "total_gbps",
+    "mb_per_sub",
+    "mb_total",
 )
 
 # The metrics compared with the raw baseline: asyncbus / raw, > 1 means asyncbus is faster.
@@ -153,12 +161,14 @@ def run_metrics(run: CaseRun) -> Metrics:
         for report in subscribers
         if isinstance(reader := report.counters.get("reader"), dict)
     ]
-    if readers:  # the large scenario: every subscriber read every byte
-        size: int = max(reader["size"] for reader in readers)
-        for name in ("subscriber", "total"):
+    size: int = run.size or max((reader["size"] for reader in readers), default=0)
+    if size:  # bytes per second: every subscriber read every byte
+        for name, key in (("subscriber", "mb_per_sub"), ("total", "mb_total")):
             rate = metrics[f"{name}_rate"]
+            metrics[key] = None if rate is None else rate * size / 1e6
             metrics[f"{name}_gbps"] = None if rate is None else rate * size / 1e9
 
+    if readers:
         checked = all(reader["checked"] for reader in readers)
         corrupt = sum(reader["corrupt"] for reader in readers)
         metrics["corrupt"] = float(corrupt) if checked else None
@@ -199,6 +209,7 @@ def case_result(case: Case, runs: Sequence[CaseRun], ratios: Metrics | None) -> 
     """
     return {
         "id": case.id,
+        "scenario": case.scenario,
         "implementation": case.implementation,
         "loop": case.loop,
         "fanout": case.fanout,
@@ -302,12 +313,12 @@ def markdown(cases: Sequence[tuple[Case, Sequence[CaseRun], Metrics | None]]) ->
     :return: a heading and a table for each of udpm throughput, AF_UNIX throughput,
         slow subscribers, large payloads and peers that has cases.
     """
-    large = [item for item in cases if item[0].size is not None]
-    peers = [item for item in cases if item[0].peer]
-    cases = [item for item in cases if item[0].size is None and not item[0].peer]
-    udpm = [item for item in cases if item[0].transport == "udpm" and not item[0].slow]
-    unix = [item for item in cases if item[0].transport != "udpm" and not item[0].slow]
-    slow = [item for item in cases if item[0].slow]
+    large = [item for item in cases if item[0].scenario == "large"]
+    peers = [item for item in cases if item[0].scenario == "peers"]
+    slow = [item for item in cases if item[0].scenario == "slow"]
+    cases = [item for item in cases if item[0].scenario == "throughput"]
+    udpm = [item for item in cases if item[0].transport == "udpm"]
+    unix = [item for item in cases if item[0].transport != "udpm"]
     sections = []
     if any(item[0].implementation == "asyncbus" for item in udpm):
         sections.append("### udpm throughput\n\n" + _udpm_table(udpm))
@@ -320,12 +331,15 @@ def markdown(cases: Sequence[tuple[Case, Sequence[CaseRun], Metrics | None]]) ->
 
     if large:
         sections.append(
-            "### Large payloads, every byte read (GB = 10**9 bytes)\n\n" + _large_table(large)
+            "### Large payloads, every byte read (MB = 10**6 bytes)\n\n" + _large_table(large)
         )
 
     if peers:
-        raw = [item for item in udpm if item[0].implementation == "raw"]
-        sections.append("### Peers: pyzmq PUB/SUB and LCM\n\n" + _peers_table(raw + peers))
+        sizes = {item[0].size for item in peers}
+        raw = [item for item in udpm if item[0].implementation == "raw" and item[0].size in sizes]
+        # Each size and fan-out together, its raw udpm baseline first.
+        rows = sorted(raw + peers, key=lambda item: (item[0].size, item[0].fanout))
+        sections.append("### Peers: pyzmq PUB/SUB and LCM\n\n" + _peers_table(rows))
 
     return "\n\n".join(sections)
 
@@ -349,8 +363,17 @@ def _table(
 
 
 def _rates(median: Metrics) -> list[str]:
-    """Sent, delivered per subscriber and delivered in total, in msg/s."""
-    return [_number(median[name]) for name in ("send_rate", "subscriber_rate", "total_rate")]
+    """Sent, delivered per subscriber (msg/s and MB/s) and delivered in total (msg/s)."""
+    return [
+        _number(median["send_rate"]),
+        _number(median["subscriber_rate"]),
+        _megabytes(median.get("mb_per_sub")),
+        _number(median["total_rate"]),
+    ]
+
+
+# The rate columns of :func:`_rates`.
+RATE_COLUMNS: Final = "sent msg/s | delivered msg/s per sub | MB/s per sub | delivered msg/s total"
 
 
 def _versus(ratios: Metrics) -> list[str]:
@@ -367,6 +390,7 @@ def _udpm_table(cases: Sequence[tuple[Case, Sequence[CaseRun], Metrics | None]])
         return [
             case.implementation,
             case.loop or "-",
+            _size(case.size),
             f"1→{case.fanout}",
             *_rates(median),
             _percent(median["loss"]),
@@ -376,9 +400,9 @@ def _udpm_table(cases: Sequence[tuple[Case, Sequence[CaseRun], Metrics | None]])
         ]
 
     return _table(
-        "case | loop | fan-out | sent msg/s | delivered msg/s per sub | delivered msg/s total "
+        f"case | loop | size | fan-out | {RATE_COLUMNS} "
         "| loss | kernel drops | gaps | vs raw (per sub) | vs raw (total)",
-        "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+        "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
         cases,
         row,
     )
@@ -390,6 +414,7 @@ def _unix_table(cases: Sequence[tuple[Case, Sequence[CaseRun], Metrics | None]])
             case.transport,
             case.implementation,
             case.loop or "-",
+            _size(case.size),
             f"1→{case.fanout}",
             *_rates(median),
             _worst_loss(runs),
@@ -402,10 +427,10 @@ def _unix_table(cases: Sequence[tuple[Case, Sequence[CaseRun], Metrics | None]])
         ]
 
     return _table(
-        "transport | case | loop | fan-out | sent msg/s | delivered msg/s per sub "
-        "| delivered msg/s total | loss | gaps | send drops | unaccounted "
+        f"transport | case | loop | size | fan-out | {RATE_COLUMNS} "
+        "| loss | gaps | send drops | unaccounted "
         "| vs raw (per sub) | vs raw (total) | CPU us/msg pub | CPU us/msg sub",
-        "|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+        "|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
         cases,
         row,
     )
@@ -418,11 +443,14 @@ def _slow_table(cases: Sequence[tuple[Case, Sequence[CaseRun], Metrics | None]])
             case.transport,
             case.policy or "-",
             case.loop or "-",
+            _size(case.size),
             _number(median["send_rate"]),
             f"{_number(median.get('fast_received'))} / {_number(median.get('fast_lost'))}",
             _number(median.get("fast_rate")),
+            _megabytes(_per_second(median.get("fast_rate"), case.size)),
             f"{_number(median.get('slow_received'))} / {_number(median.get('slow_lost'))}",
             _number(median.get("slow_rate")),
+            _megabytes(_per_second(median.get("slow_rate"), case.size)),
             _number(median.get("slow_last_seq")),
             _number(median.get("slow_gaps")),
             _number(median.get("slow_overflow_drops")),
@@ -432,10 +460,11 @@ def _slow_table(cases: Sequence[tuple[Case, Sequence[CaseRun], Metrics | None]])
         ]
 
     return _table(
-        "transport | policy | loop | sent msg/s | fast: delivered / lost | fast msg/s "
-        "| slow: delivered / lost | slow msg/s | slow: last seq | slow gaps "
-        "| slow overflow drops | publisher send_drops | send_drops = gaps | unaccounted",
-        "|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+        "transport | policy | loop | size | sent msg/s | fast: delivered / lost | fast msg/s "
+        "| fast MB/s | slow: delivered / lost | slow msg/s | slow MB/s | slow: last seq "
+        "| slow gaps | slow overflow drops | publisher send_drops | send_drops = gaps "
+        "| unaccounted",
+        "|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
         cases,
         row,
     )
@@ -445,19 +474,24 @@ def _large_table(cases: Sequence[tuple[Case, Sequence[CaseRun], Metrics | None]]
     def row(case: Case, runs: Sequence[CaseRun], median: Metrics, ratios: Metrics) -> list[str]:
         stream = case.transport == "stream"
         segments = "-"
-        if not stream:
+        if case.implementation == "asyncbus":
             created, reused = median.get("segments_created"), median.get("segments_reused")
             segments = f"{_number(created)} / {_number(reused)}"
 
+        if stream:
+            system, mode = "stream (copy)", "sendall"
+        else:
+            system, mode = f"{case.implementation} {case.transport}", case.mode or "send"
+
         return [
-            "stream (copy)" if stream else f"asyncbus {case.transport}",
-            "sendall" if stream else (case.mode or "-"),
+            system,
+            mode,
             case.loop or "-",
             _size(case.size),
             f"1→{case.fanout}",
             _decimal(median["subscriber_rate"]),
-            _hundredths(median.get("subscriber_gbps")),
-            _hundredths(median.get("total_gbps")),
+            _megabytes(median.get("mb_per_sub")),
+            _megabytes(median.get("mb_total")),
             _worst_loss(runs),
             _number(_largest(runs, "corrupt")),
             *_versus(ratios),
@@ -469,7 +503,7 @@ def _large_table(cases: Sequence[tuple[Case, Sequence[CaseRun], Metrics | None]]
         ]
 
     return _table(
-        "system | mode | loop | size | fan-out | msg/s per sub | GB/s per sub | GB/s total "
+        "system | mode | loop | size | fan-out | msg/s per sub | MB/s per sub | MB/s total "
         "| loss | corrupt | vs stream (per sub) | vs stream (total) | segments new / reused "
         "| CPU ms/msg pub | CPU ms/msg sub | faults/msg pub | faults/msg sub",
         "|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
@@ -484,6 +518,7 @@ def _peers_table(cases: Sequence[tuple[Case, Sequence[CaseRun], Metrics | None]]
             case.implementation,
             case.transport,
             case.loop or "-",
+            _size(case.size),
             f"1→{case.fanout}",
             *_rates(median),
             _percent(median["loss"]),
@@ -494,10 +529,10 @@ def _peers_table(cases: Sequence[tuple[Case, Sequence[CaseRun], Metrics | None]]
         ]
 
     return _table(
-        "system | transport | loop | fan-out | sent msg/s | delivered msg/s per sub "
-        "| delivered msg/s total | loss | lost (most of any run) | vs raw udpm (per sub) "
+        f"system | transport | loop | size | fan-out | {RATE_COLUMNS} "
+        "| loss | lost (most of any run) | vs raw udpm (per sub) "
         "| vs raw udpm (total) | CPU us/msg pub | CPU us/msg sub",
-        "|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+        "|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
         cases,
         row,
     )
@@ -505,6 +540,15 @@ def _peers_table(cases: Sequence[tuple[Case, Sequence[CaseRun], Metrics | None]]
 
 def _size(size: int | None) -> str:
     return "-" if size is None else size_label(size)
+
+
+def _per_second(rate: float | None, size: int) -> float | None:
+    """Megabytes (10**6 bytes) per second of ``rate`` messages of ``size`` bytes."""
+    return None if rate is None else rate * size / 1e6
+
+
+def _megabytes(value: float | None) -> str:
+    return "-" if value is None else f"{value:,.1f}"
 
 
 def _milli(micro: float | None) -> float | None:
@@ -631,3 +675,358 @@ def _read(path: str) -> str | None:
             return file.read().strip()
     except OSError:
         return None
+
+
+# --- Targets -----------------------------------------------------------------------------
+# The issue's speed targets, each computed from the cases of one document (one run), as
+# ratios of medians. The cases are found by what they are (implementation, transport,
+# fan-out, payload size, scenario), not by id, so that documents with and without the
+# "size" and "scenario" fields both work.
+
+TARGET_PAYLOAD: Final = 64  # bytes: the small-message targets (T1-T4, T6)
+TARGET_LARGE: Final = 1 << 20  # bytes: T5's payload, 1 MiB
+TARGET_RATE: Final = 1_000_000.0  # msg/s: T2, delivered with zero loss
+AF_UNIX: Final = ("unix", "seqpacket")
+LATENCY_TRANSPORTS: Final = ("unix", "seqpacket", "udpm")
+NOT_MEASURED: Final = "not measured"
+
+
+class Target(TypedDict):
+    """One check of one target, as :func:`targets` returns it.
+
+    ``measured`` and ``required`` are ratios (T2: the rate over 1,000,000 msg/s);
+    ``comparison`` says which way is good (``">="``; ``"<="`` for latency). ``met`` is
+    ``None`` and ``status`` ``"not measured"`` when a case the check needs is absent.
+    ``inputs`` are the numbers it came from: ``{"id", "metric", "value", "lost"}``.
+    """
+
+    target: str
+    check: str
+    measured: float | None
+    required: float
+    comparison: str
+    met: bool | None
+    status: str
+    inputs: list[dict[str, object]]
+    note: str
+
+
+def targets(document: Mapping[str, Any]) -> list[Target]:
+    """Return the issue's speed targets, computed from the cases of ``document``.
+
+    T1: 64 B 1->1, the fastest lossless asyncbus AF_UNIX case (unix or seqpacket, any
+    loop) >= 0.7x the raw AF_UNIX datagram loop and >= 5x zmq.asyncio (delivered per
+    subscriber). T2: the same case delivers >= 1,000,000 msg/s with zero loss. T3: 64 B
+    1->4, the fastest lossless asyncbus AF_UNIX case per subscriber >= the raw udpm loop.
+    T4: asyncbus on udpm, each loop and fan-out, >= 0.9x the raw udpm loop. T5: 1 MiB,
+    every byte read, the fastest lossless asyncbus large case >= 2x (1->1) and >= 3x
+    (1->4) the SOCK_STREAM copy. T6: 64 B round trip p50 (``document["latency"]``),
+    asyncbus <= 2x the raw loop on the same transport, met by the best loop.
+
+    :param document: a JSON document of the benchmarks (:func:`document`).
+    :return: one :class:`Target` per check, in target order.
+    """
+    cases: list[Mapping[str, Any]] = list(document.get("cases") or ())
+    settings = document.get("settings") or {}
+    default = settings.get("payload_size") or TARGET_PAYLOAD
+
+    def find(implementation: str, transports: Sequence[str], fanout: int, **kwargs: Any) -> Cases:
+        return _target_cases(cases, default, implementation, transports, fanout, **kwargs)
+
+    fastest_1 = _fastest(find("asyncbus", AF_UNIX, 1))
+    fastest_4 = _fastest(find("asyncbus", AF_UNIX, 4))
+    result = [
+        _rate_target(
+            "T1",
+            "fastest asyncbus AF_UNIX, 64 B 1→1, vs the raw AF_UNIX datagram loop",
+            fastest_1,
+            find("raw", ("unix",), 1),
+            0.7,
+        ),
+        _rate_target(
+            "T1",
+            "fastest asyncbus AF_UNIX, 64 B 1→1, vs zmq.asyncio PUB/SUB over ipc://",
+            fastest_1,
+            find("pyzmq", ("ipc",), 1, loop="asyncio"),
+            5.0,
+        ),
+        _rate_target(
+            "T2",
+            "fastest asyncbus AF_UNIX, 64 B 1→1, delivered msg/s / 1,000,000",
+            fastest_1,
+            [{"id": "required", "median": {"subscriber_rate": TARGET_RATE, "lost": 0.0}}],
+            1.0,
+        ),
+        _rate_target(
+            "T3",
+            "fastest asyncbus AF_UNIX, 64 B 1→4, per subscriber, vs raw udpm multicast",
+            fastest_4,
+            find("raw", ("udpm",), 4),
+            1.0,
+        ),
+    ]
+    for fanout in (1, 4):
+        raw = find("raw", ("udpm",), fanout)
+        for loop in ("asyncio", "uvloop"):
+            candidate = find("asyncbus", ("udpm",), fanout, loop=loop)
+            check = f"asyncbus udpm {loop}, 64 B 1→{fanout}, vs the raw udpm loop"
+            result.append(_rate_target("T4", check, candidate, raw, 0.9, lossless=False))
+
+    for fanout, required in ((1, 2.0), (4, 3.0)):
+        size, scenario = TARGET_LARGE, "large"
+        fastest = _fastest(find("asyncbus", AF_UNIX, fanout, size=size, scenario=scenario))
+        stream = find("raw", ("stream",), fanout, size=size, scenario=scenario)
+        check = f"fastest asyncbus, 1 MiB 1→{fanout}, every byte read, vs the SOCK_STREAM copy"
+        result.append(_rate_target("T5", check, fastest, stream, required))
+
+    latency: Sequence[Mapping[str, Any]] | None = document.get("latency")
+    for transport in LATENCY_TRANSPORTS:
+        result.append(_latency_target(latency, transport))
+
+    return result
+
+
+def targets_markdown(document: Mapping[str, Any]) -> str:
+    """Return :func:`targets` as a markdown heading and table.
+
+    :param document: a JSON document of the benchmarks.
+    :return: the table: target, check, measured and required ratio, status, and the
+        numbers each came from.
+    """
+    lines = [
+        "### Targets (ratios of medians, same run)",
+        "",
+        "| target | check | measured | required | status | from |",
+        "|---|---|--:|--:|---|---|",
+    ]
+    for target in targets(document):
+        sources = "; ".join(_source(item) for item in target["inputs"])
+        if target["note"]:
+            sources = f"{sources} ({target['note']})" if sources else target["note"]
+
+        sign = "≥" if target["comparison"] == ">=" else "≤"
+        cells = [
+            target["target"],
+            target["check"],
+            _times(target["measured"]),
+            f"{sign} {target['required']:.2f}x",
+            target["status"],
+            sources or "-",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+
+    return "\n".join(lines)
+
+
+Cases: TypeAlias = "list[Mapping[str, Any]]"
+
+
+def case_scenario(case: Mapping[str, Any]) -> str:
+    """Return a case's scenario, also for documents written before cases had one.
+
+    :param case: a case object of a JSON document.
+    :return: ``"throughput"``, ``"slow"``, ``"large"`` or ``"peers"``.
+    """
+    scenario = case.get("scenario")
+    if isinstance(scenario, str):
+        return scenario
+
+    if case.get("slow"):
+        return "slow"
+
+    if case.get("implementation") in ("pyzmq", "lcm"):
+        return "peers"
+
+    # Before sizes came to every scenario, only the large cases had one.
+    return "throughput" if case.get("size") is None else "large"
+
+
+def case_size(case: Mapping[str, Any], default: int = TARGET_PAYLOAD) -> int:
+    """Return a case's payload size in bytes (``default`` where the document has none).
+
+    :param case: a case object of a JSON document.
+    :param default: the document's ``settings.payload_size``.
+    :return: bytes.
+    """
+    size = case.get("size")
+    return size if isinstance(size, int) else default
+
+
+def _target_cases(
+    cases: Sequence[Mapping[str, Any]],
+    default: int,
+    implementation: str,
+    transports: Sequence[str],
+    fanout: int,
+    size: int = TARGET_PAYLOAD,
+    scenario: str | None = None,
+    loop: str | None = None,
+) -> Cases:
+    """The cases of one kind; any scenario but slow and large unless ``scenario`` is given."""
+    found = []
+    for case in cases:
+        kind = case_scenario(case)
+        wanted = kind == scenario if scenario else kind not in ("slow", "large")
+        if (
+            wanted
+            and case.get("implementation") == implementation
+            and case.get("transport") in transports
+            and case.get("fanout") == fanout
+            and case_size(case, default) == size
+            and (loop is None or case.get("loop") == loop)
+        ):
+            found.append(case)
+
+    return found
+
+
+def _worst_lost(case: Mapping[str, Any]) -> float | None:
+    """The most messages any run of ``case`` lost (``sent - received``); ``None``: unknown."""
+    runs = case.get("runs") or [{"metrics": case.get("median") or {}}]
+    worst: float | None = None
+    for run in runs:
+        metrics = run.get("metrics") or {}
+        lost = metrics.get("lost")
+        if lost is None and metrics.get("loss") is not None:
+            lost = 0.0 if metrics["loss"] == 0 else float("inf")  # a fraction: count unknown
+
+        if lost is None:
+            return None
+
+        worst = lost if worst is None else max(worst, lost)
+
+    return worst
+
+
+def _fastest(cases: Cases) -> Cases:
+    """The case with the highest delivered rate per subscriber among those that lost nothing.
+
+    When every case lost messages, the fastest of them (the check then fails).
+    """
+    rated = [case for case in cases if _case_rate(case) is not None]
+    lossless = [case for case in rated if _worst_lost(case) == 0]
+    pool = lossless or rated
+    return [max(pool, key=lambda case: _case_rate(case) or 0.0)] if pool else []
+
+
+def _case_rate(case: Mapping[str, Any]) -> float | None:
+    rate = (case.get("median") or {}).get("subscriber_rate")
+    return float(rate) if isinstance(rate, (int, float)) else None
+
+
+def _rate_target(
+    name: str,
+    check: str,
+    candidates: Cases,
+    baselines: Cases,
+    required: float,
+    lossless: bool = True,
+) -> Target:
+    """Check ``candidate / baseline >= required`` on the delivered rate per subscriber."""
+    inputs = [
+        {
+            "id": case.get("id"),
+            "metric": "subscriber_rate",
+            "value": _case_rate(case),
+            "lost": _worst_lost(case),
+        }
+        for case in (*candidates[:1], *baselines[:1])
+    ]
+    target = Target(
+        target=name,
+        check=check,
+        measured=None,
+        required=required,
+        comparison=">=",
+        met=None,
+        status=NOT_MEASURED,
+        inputs=inputs,
+        note="",
+    )
+    if not candidates or not baselines:
+        target["note"] = "no " + " and no ".join(
+            what
+            for what, cases in (("candidate case", candidates), ("baseline case", baselines))
+            if not cases
+        )
+        return target
+
+    ratio = _ratio(_case_rate(candidates[0]), _case_rate(baselines[0]))
+    if ratio is None:
+        target["note"] = "no rate"
+        return target
+
+    lost = _worst_lost(candidates[0])
+    target["measured"] = ratio
+    target["met"] = ratio >= required and (not lossless or lost == 0)
+    target["status"] = "met" if target["met"] else "not met"
+    if lossless and lost != 0:
+        target["note"] = "lost messages" if lost else "loss unknown"
+
+    return target
+
+
+def _latency_target(latency: Sequence[Mapping[str, Any]] | None, transport: str) -> Target:
+    """T6 on one transport: the best asyncbus loop's round-trip p50 over the raw loop's."""
+    check = f"asyncbus {transport}, 64 B round trip p50, best loop, vs the raw {transport} loop"
+    target = Target(
+        target="T6",
+        check=check,
+        measured=None,
+        required=2.0,
+        comparison="<=",
+        met=None,
+        status=NOT_MEASURED,
+        inputs=[],
+        note="",
+    )
+    if latency is None:
+        target["note"] = "no latency measurements in this document"
+        return target
+
+    entries = [entry for entry in latency if entry.get("transport") == transport]
+    raw = [entry for entry in entries if entry.get("system") == "raw"]
+    ours = [entry for entry in entries if entry.get("system") == "asyncbus"]
+    target["inputs"] = [
+        {
+            "id": entry.get("id"),
+            "metric": "rtt_p50_us",
+            "value": (entry.get("median") or {}).get("rtt_p50_us"),
+        }
+        for entry in (*raw[:1], *ours)
+    ]
+    if not raw or not ours:
+        target["note"] = "no raw case" if not raw else "no asyncbus case"
+        return target
+
+    baseline = (raw[0].get("median") or {}).get("rtt_p50_us")
+    loops = {
+        entry.get("loop") or "-": ratio
+        for entry in ours
+        if (ratio := _ratio((entry.get("median") or {}).get("rtt_p50_us"), baseline)) is not None
+    }
+    if not loops:
+        target["note"] = "no p50"
+        return target
+
+    best = min(loops, key=loops.__getitem__)
+    target["measured"] = loops[best]
+    target["met"] = loops[best] <= target["required"]
+    target["status"] = "met" if target["met"] else "not met"
+    target["note"] = f"best loop {best}; " + ", ".join(
+        f"{loop} {ratio:.2f}x" for loop, ratio in loops.items()
+    )
+    return target
+
+
+def _source(item: Mapping[str, object]) -> str:
+    """``case-id 123,456 msg/s`` (and ``lost N`` when it lost messages)."""
+    value = item.get("value")
+    number = value if isinstance(value, (int, float)) else None
+    unit = "us" if item.get("metric") == "rtt_p50_us" else "msg/s"
+    text = f"{item.get('id')} {_decimal(number) if unit == 'us' else _number(number)} {unit}"
+    lost = item.get("lost")
+    if isinstance(lost, (int, float)) and lost:
+        text += f", lost {_number(lost)}" if lost != float("inf") else ", lost some"
+
+    return text
