@@ -41,6 +41,7 @@ if TYPE_CHECKING:
 __all__ = ["CASES", "FULL", "QUICK", "Mode", "main", "select_cases"]
 
 DEFAULT_JSON: Final = pathlib.Path(__file__).parent / "results" / "latest.json"
+DEFAULT_PLOTS: Final = pathlib.Path(__file__).parent / "results" / "plots"
 PAYLOAD_SIZE: Final = 64  # bytes: a small message, where per-message overhead dominates
 FANOUTS: Final = (1, 4)
 TRANSPORTS: Final = ("udpm", "unix", "seqpacket")
@@ -357,8 +358,30 @@ def main(argv: Sequence[str] | None = None) -> int:
             "GB = 10**9 bytes"
         )
 
+    print(report.targets_markdown(document))
+    if not args.no_plots:
+        _write_plots(document, args.plots)
+
     print(f"JSON: {path}", file=sys.stderr)
     return 0
+
+
+def _write_plots(document: dict[str, object], directory: pathlib.Path) -> None:
+    """Draw the PNG plots of ``document`` into ``directory``; say so on stderr."""
+    try:
+        # Imported here, not at the top: every worker process imports this module
+        # (spawn), and none of them needs matplotlib.
+        from .plots import write_plots
+    except ImportError as exc:
+        print(
+            f"no plots: {exc} (pip install matplotlib, or pip install -e '.[bench]'; "
+            "--no-plots to skip them)",
+            file=sys.stderr,
+        )
+        return
+
+    for plot in write_plots(document, directory):
+        print(f"plot: {plot}", file=sys.stderr)
 
 
 def _workload(
@@ -495,6 +518,21 @@ def _parser() -> argparse.ArgumentParser:
         default=DEFAULT_JSON,
         metavar="PATH",
         help="where to write the results (default: benchmarks/results/latest.json)",
+    )
+    parser.add_argument(
+        "--plots",
+        type=pathlib.Path,
+        default=DEFAULT_PLOTS,
+        metavar="DIR",
+        help=(
+            "where to draw the PNG plots (default: benchmarks/results/plots/); "
+            "python -m benchmarks.plots JSON DIR redraws them from a JSON document"
+        ),
+    )
+    parser.add_argument(
+        "--no-plots",
+        action="store_true",
+        help="draw no plots (matplotlib is then not needed)",
     )
     parser.add_argument(
         "--profile",

@@ -47,6 +47,39 @@ def test_same_results_as_decode(datagrams: list[bytes]) -> None:
         assert _outcome(decoder.decode, datagram) == _outcome(lcm.decode, datagram)
 
 
+@settings(deadline=None, max_examples=300, derandomize=True)
+@given(
+    st.lists(
+        st.one_of(
+            st.binary(max_size=80),
+            st.builds(
+                lambda name, seq, data, cut: lcm.encode(lcm.encode_channel(name), seq, data)[0][
+                    :cut
+                ],
+                st.sampled_from(["a", "ab", "a" * 63, "?", "é"]),
+                st.integers(0, 2**32 - 1),
+                st.binary(max_size=40),
+                st.integers(0, 120),
+            ),
+        ),
+        max_size=30,
+    )
+)
+def test_decode_short_agrees_with_decode(datagrams: list[bytes]) -> None:
+    decoder = lcm.Decoder()
+    for second_pass in (False, True):  # the second pass knows every channel
+        for datagram in datagrams:
+            expected = _outcome(lcm.decode, datagram)
+            short = decoder.decode_short(datagram)
+            if short is not None:
+                assert ("CompleteMessage", short[1], short[0], short[2]) == expected
+                continue
+
+            assert not (second_pass and datagram[:4] == b"LC02" and expected != "error")
+            if expected != "error":
+                decoder.decode(datagram)  # learns the channel, as receive_lcm's fallback does
+
+
 def test_cache_is_bounded() -> None:
     decoder = lcm.Decoder()
     for number in range(3000):
