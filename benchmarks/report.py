@@ -634,6 +634,7 @@ def _read(path: str) -> str | None:
     except OSError:
         return None
 
+
 # --- Targets -----------------------------------------------------------------------------
 # The speed targets, each computed from the cases of one document (one run), as
 # ratios of medians. The cases are found by what they are (implementation, transport,
