@@ -289,7 +289,7 @@ def _large(document: Mapping[str, Any]) -> Figure | None:
             ax.grid(True, axis="x", alpha=0.3)
 
     title = "Large payloads: delivered GB/s per subscriber"
-    figure.suptitle(f"{title} {_subtitle(document, large=True)}")
+    figure.suptitle(f"{title} {_subtitle(document, 'large')}")
     return figure
 
 
@@ -337,7 +337,7 @@ def _latency(document: Mapping[str, Any]) -> Figure | None:
     ax.set_ylabel("round trip, µs (log scale)")
     ax.grid(True, axis="y", alpha=0.3)
     ax.legend()
-    ax.set_title(f"64-byte round trip, p50 and p99 {_subtitle(document)}")
+    ax.set_title(f"64-byte round trip, p50 and p99 {_subtitle(document, 'latency')}")
     return figure
 
 
@@ -419,14 +419,18 @@ def _payload_size(document: Mapping[str, Any]) -> int:
     return size if isinstance(size, int) else 64
 
 
-def _subtitle(document: Mapping[str, Any], large: bool = False) -> str:
-    """``(quick mode, median of 2 runs)``: how much each number is worth."""
+def _subtitle(document: Mapping[str, Any], scenario: str | None = None) -> str:
+    """``(quick mode, median of 2 runs)``: how much each number is worth.
+
+    The large and latency scenarios have their own repeat count in their settings.
+    """
     settings = document.get("settings") or {}
     mode, repeats = settings.get("mode"), settings.get("repeats")
-    if large:  # the large scenario has its own repeat count
-        repeats = (settings.get("large") or {}).get("repeats", repeats)
+    if scenario:
+        repeats = (settings.get(scenario) or {}).get("repeats", repeats)
+
     if mode and repeats:
-        return f"\n({mode} mode, median of {repeats} runs)"
+        return f"\n({mode} mode, median of {repeats} run{'s' if repeats != 1 else ''})"
 
     return ""
 
