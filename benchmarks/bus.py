@@ -1,9 +1,10 @@
 """The workload through asyncbus's public API, on the default asyncio loop or on uvloop.
 
 The code is what a user would write: ``connect()``, ``bus.topic(...).publish()`` in
-a loop, ``async for msg in subscription``. The only extras are the clock reads
-(the raw loop makes the same ones) and a watchdog task that ends the receive loop
-when nothing has arrived for ``idle_timeout`` seconds.
+a loop, ``async for msg in subscription``. The only extras are the clock reads and
+the reader (``zlib.crc32`` of every payload, compared with the expected one), which
+every other system makes too, and a watchdog task that ends the receive loop when
+nothing has arrived for ``idle_timeout`` seconds.
 
 On the AF_UNIX buses (``unix:``, ``seqpacket:``) the publisher waits until every
 subscriber's subscription has reached it (``topic.wait_subscribers``) before it says
@@ -27,6 +28,7 @@ from .common import (
     END_PAYLOAD,
     GO,
     MARKER_INTERVAL,
+    READER,
     READY,
     STOP,
     TOPIC,
@@ -35,6 +37,7 @@ from .common import (
     Workload,
     clock,
     cpu_clock,
+    reader_counters,
     run_on_loop,
     run_worker,
 )
@@ -78,7 +81,8 @@ async def _subscribe(work: Workload, conn: WorkerPipe) -> SubscriberReport:
     ):
         conn.send(READY)
         size = work.size
-        received = 0
+        read, expected = READER, READER(work.payload)
+        received = corrupt = 0
         first = last = cpu_first = 0.0
         end_seen = False
         end_seq = last_seq = -1
@@ -88,10 +92,12 @@ async def _subscribe(work: Workload, conn: WorkerPipe) -> SubscriberReport:
             async with deadline:
                 if not work.slow:
                     async for message in subscription:
-                        if len(message.data) != size:
+                        data = message.data
+                        if len(data) != size:
                             end_seen, end_seq = True, message.seq
                             break
 
+                        corrupt += read(data) != expected  # every byte
                         last = clock()
                         if not received:
                             first = last
@@ -101,10 +107,12 @@ async def _subscribe(work: Workload, conn: WorkerPipe) -> SubscriberReport:
                 else:
                     sleep, pause = time.sleep, work.slow_work
                     async for message in subscription:
-                        if len(message.data) != size:
+                        data = message.data
+                        if len(data) != size:
                             end_seen, end_seq = True, message.seq
                             break
 
+                        corrupt += read(data) != expected  # every byte
                         last = clock()
                         if not received:
                             first = last
@@ -123,6 +131,7 @@ async def _subscribe(work: Workload, conn: WorkerPipe) -> SubscriberReport:
         counters = {
             "bus": _counters(statistics),
             "subscription": _counters(subscription.statistics()),
+            "reader": reader_counters(size, corrupt),
         }
 
     return SubscriberReport(

@@ -4,21 +4,24 @@ Runs every selected case ``repeats`` times, interleaved so that a noisy moment o
 shared machine hits every case a little rather than one case a lot, then prints
 markdown tables to stdout and writes the JSON document. Progress goes to stderr.
 
-* throughput, for each transport (``udpm``, ``unix``, ``seqpacket``): raw sockets,
-  asyncbus on asyncio, asyncbus on uvloop; fan-out 1 and 4;
+* throughput, for each transport (``udpm``, ``unix``, ``seqpacket``) and payload size
+  (64 B, 1 KiB, 16 KiB): raw sockets, asyncbus on asyncio, asyncbus on uvloop; fan-out
+  1 and 4;
 * slow subscriber, for each AF_UNIX transport and each overflow policy: asyncbus
   on asyncio, one fast and one slow subscriber;
 * large payloads (1 MiB, 64 MiB; :mod:`benchmarks.large`), fan-out 1 and 4: a
   SOCK_STREAM copy baseline, then asyncbus on each AF_UNIX transport and loop in each
-  publisher mode;
-* peers (:mod:`benchmarks.peers`), fan-out 1 and 4: pyzmq PUB/SUB over ``ipc://``
-  (sync and ``zmq.asyncio``) and LCM's binding over udpm, with the raw udpm loop as
-  the baseline;
+  publisher mode, and pyzmq PUB/SUB (sync and ``zmq.asyncio``);
+* peers (:mod:`benchmarks.peers`), for each payload size of the throughput scenario,
+  fan-out 1 and 4: pyzmq PUB/SUB over ``ipc://`` (sync and ``zmq.asyncio``) and LCM's
+  binding over udpm, with the raw udpm loop as the baseline;
 * latency (:mod:`benchmarks.latency`): 64-byte round trips (ping-pong, two
   processes) through raw sockets, asyncbus, pyzmq and LCM, with its own table and
   the JSON document's ``latency`` list.
 
-Quick mode keeps the benchmark working (CI runs it); it judges no number.
+Every subscriber of the throughput, slow, large and peers scenarios reads every byte
+of every payload (``zlib.crc32``). Quick mode keeps the benchmark working (CI runs it);
+it judges no number.
 """
 
 from __future__ import annotations
@@ -32,7 +35,18 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
 from . import large, latency, peers, report
-from .common import LOOPS, RECV_BUF_SIZE, TOPIC, Workload, lc02_datagram
+from .common import (
+    LOOPS,
+    MAX_SIZE,
+    MIN_SIZE,
+    PAYLOAD_SIZE,
+    READER_NAME,
+    RECV_BUF_SIZE,
+    SIZES,
+    TOPIC,
+    Workload,
+    lc02_datagram,
+)
 from .runner import BenchmarkError, Case, CaseRun, private_endpoint, private_name, run_case
 
 if TYPE_CHECKING:
@@ -42,7 +56,6 @@ __all__ = ["CASES", "FULL", "QUICK", "Mode", "main", "select_cases"]
 
 DEFAULT_JSON: Final = pathlib.Path(__file__).parent / "results" / "latest.json"
 DEFAULT_PLOTS: Final = pathlib.Path(__file__).parent / "results" / "plots"
-PAYLOAD_SIZE: Final = 64  # bytes: a small message, where per-message overhead dominates
 FANOUTS: Final = (1, 4)
 TRANSPORTS: Final = ("udpm", "unix", "seqpacket")
 SCENARIOS: Final = ("throughput", "slow", "large", "peers", "latency")
@@ -64,6 +77,8 @@ def select_cases(
     policy: str = THROUGHPUT_POLICY,
     sizes: Collection[int] = large.SIZES,
     every: bool = True,
+    message_sizes: Collection[int] = SIZES,
+    every_size: bool = True,
 ) -> tuple[Case, ...]:
     """Return the cases to run, in table order.
 
@@ -72,20 +87,40 @@ def select_cases(
         AF_UNIX only; ``peers`` needs ``udpm``: its baseline is the raw udpm loop).
     :param policy: the subscriptions' overflow policy in the AF_UNIX throughput cases.
     :param sizes: the payload sizes of the large scenario.
-    :param every: run each large-payload mode on every transport and loop (``False``,
-        quick mode: on one each, rotating; 52 cases take 2 minutes on a busy 2-core
-        machine, mostly starting processes).
+    :param every: run each large-payload mode and pyzmq loop on every transport and
+        loop (``False``, quick mode: on one each, rotating; 52 cases take 2 minutes on a
+        busy 2-core machine, mostly starting processes).
+    :param message_sizes: the payload sizes of the throughput and peers scenarios (the
+        slow-subscriber scenario runs :data:`~benchmarks.common.PAYLOAD_SIZE` only).
+    :param every_size: run every system at every size (``False``, quick mode: at sizes
+        other than 64 bytes the raw loops and LCM, but one asyncbus loop and one pyzmq
+        loop, rotating from one transport, size and fan-out to the next).
     :return: the cases.
     """
     cases: list[Case] = []
+    sized = [
+        (size_index + fanout_index, size, fanout)
+        for size_index, size in enumerate(dict.fromkeys(message_sizes))
+        for fanout_index, fanout in enumerate(FANOUTS)
+    ]
+
+    def rotate(systems: Sequence[str], size: int, turn: int) -> Sequence[str]:
+        if every_size or size == PAYLOAD_SIZE:
+            return systems
+
+        return [systems[turn % len(systems)]]
+
     if "throughput" in scenarios:
-        for transport in (t for t in TRANSPORTS if t in transports):
+        for index, transport in enumerate(TRANSPORTS):
+            if transport not in transports:
+                continue
+
             unix_policy = None if transport == "udpm" else policy
-            for fanout in FANOUTS:
-                cases.append(Case("raw", None, fanout, transport))
+            for turn, size, fanout in sized:
+                cases.append(Case("raw", None, fanout, transport, size=size))
                 cases.extend(
-                    Case("asyncbus", loop, fanout, transport, unix_policy)
-                    for loop in ("asyncio", "uvloop")
+                    Case("asyncbus", loop, fanout, transport, unix_policy, size=size)
+                    for loop in rotate(LOOPS, size, index + turn)
                 )
 
     if "slow" in scenarios:
@@ -111,17 +146,35 @@ def select_cases(
                     transport, loop = systems[(block + index) % len(systems)]
                     chosen.append((transport, mode, loop))
 
-            cases.append(Case("raw", None, fanout, "stream", size=size))
+            cases.append(Case("raw", None, fanout, "stream", size=size, large=True))
             cases.extend(
-                Case("asyncbus", loop, fanout, transport, LARGE_POLICY, size=size, mode=mode)
+                Case(
+                    "asyncbus",
+                    loop,
+                    fanout,
+                    transport,
+                    LARGE_POLICY,
+                    size=size,
+                    mode=mode,
+                    large=True,
+                )
                 for transport, mode, loop in chosen
+            )
+            # pyzmq PUB/SUB; neither udpm nor LCM (see the README: fragments, loss).
+            turn = block + block // len(FANOUTS)  # each fan-out on each loop once
+            zmq_loops = peers.ZMQ_LOOPS if every else [peers.ZMQ_LOOPS[turn % 2]]
+            cases.extend(
+                Case("pyzmq", loop, fanout, "ipc", size=size, large=True) for loop in zmq_loops
             )
 
     if "peers" in scenarios and "udpm" in transports:
-        for fanout in FANOUTS:
-            cases.append(Case("raw", None, fanout, "udpm"))
-            cases.extend(Case("pyzmq", loop, fanout, "ipc") for loop in peers.ZMQ_LOOPS)
-            cases.append(Case("lcm", None, fanout, "udpm"))
+        for turn, size, fanout in sized:
+            cases.append(Case("raw", None, fanout, "udpm", size=size))
+            cases.extend(
+                Case("pyzmq", loop, fanout, "ipc", size=size)
+                for loop in rotate(peers.ZMQ_LOOPS, size, turn)
+            )
+            cases.append(Case("lcm", None, fanout, "udpm", size=size))
 
     return tuple(dict.fromkeys(cases))  # the raw udpm cases once, with throughput and peers
 
@@ -143,6 +196,10 @@ class Mode:
         messages ...
     :param large_min_messages: ... but at least this many.
     :param large_repeats: runs per large-scenario case.
+    :param sized_bytes: payload bytes per throughput or peers run: at sizes above
+        64 bytes, ``messages`` or ``sized_bytes // size`` messages, whichever is fewer
+        (but at least :data:`SIZED_MIN_MESSAGES`).
+    :param sized_repeats: runs per throughput or peers case at sizes above 64 bytes.
     """
 
     name: str
@@ -153,6 +210,16 @@ class Mode:
     large_bytes: int
     large_min_messages: int
     large_repeats: int
+    sized_bytes: int = 1 << 30
+    sized_repeats: int = 5
+
+    def sized_messages(self, size: int) -> int:
+        """Return the message count of a throughput or peers run with ``size``-byte payloads.
+
+        :param size: the payload size.
+        :return: ``messages``, or fewer for payloads too large to send that many of.
+        """
+        return min(self.messages, max(SIZED_MIN_MESSAGES, self.sized_bytes // size))
 
     def large_messages(self, size: int, total: int | None = None) -> int:
         """Return the message count of a large-scenario run with ``size``-byte payloads.
@@ -173,6 +240,10 @@ QUICK: Final = Mode(
     large_bytes=50 << 20,  # 1 MiB x 50, 64 MiB x 3
     large_min_messages=3,
     large_repeats=1,
+    # 1 KiB x 8,192, 16 KiB x 512, once, on a rotating subset (select_cases(every_size=
+    # False)): about 20 s more on a 2-core machine.
+    sized_bytes=8 << 20,
+    sized_repeats=1,
 )
 FULL: Final = Mode(
     "full",
@@ -182,11 +253,17 @@ FULL: Final = Mode(
     slow_messages=20_000,
     # 1 MiB x 512, 64 MiB x 20 (more than the 16 that fill the default segment_memory,
     # so that segment reuse shows), median of 5: 52 cases, 176 processes per repeat;
-    # 6 min 40 s on a 2-core machine with a load average of 3 to 4.
+    # 6 min 40 s on a 2-core machine with a load average of 3 to 4 (before pyzmq's 8).
     large_bytes=512 << 20,
     large_min_messages=20,
     large_repeats=5,
+    # 1 KiB x 200,000, 16 KiB x 65,536 (1 GiB), median of 5.
+    sized_bytes=1 << 30,
+    sized_repeats=5,
 )
+# The fewest messages of a throughput or peers run, whatever sized_bytes says: enough
+# for a rate.
+SIZED_MIN_MESSAGES: Final = 100
 START_TIMEOUT: Final = 10.0  # seconds a subscriber waits for the first message after GO
 
 
@@ -206,7 +283,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     scenarios = args.scenario or SCENARIOS
     sizes = tuple(dict.fromkeys(args.large_size or large.SIZES))
     large_messages = {size: mode.large_messages(size, args.large_bytes) for size in sizes}
-    cases = select_cases(transports, scenarios, args.policy, sizes, every=mode is FULL)
+    message_sizes = tuple(dict.fromkeys(args.size or SIZES))
+    # --messages sets every size's count; otherwise large payloads get fewer.
+    sized_messages = {size: args.messages or mode.sized_messages(size) for size in message_sizes}
+    cases = select_cases(
+        transports,
+        scenarios,
+        args.policy,
+        sizes,
+        every=mode is FULL,
+        message_sizes=message_sizes,
+        # Quick mode rotates the systems at 1 KiB and 16 KiB, unless --size asks.
+        every_size=mode is FULL or bool(args.size),
+    )
     latency_cases: tuple[latency.LatencyCase, ...] = ()
     if "latency" in scenarios:
         latency_cases, notes = latency.select(transports)
@@ -222,7 +311,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return 2
 
-    if any(case.peer for case in cases) and (missing := peers.missing_packages()):
+    missing = peers.missing_packages() if any(case.peer for case in cases) else []
+    if "pyzmq" in missing and not any(case.scenario == "peers" for case in cases):
+        # The large scenario runs without its pyzmq cases, as latency without its peers.
+        print("large scenario: no pyzmq cases (pip install pyzmq)", file=sys.stderr)
+        cases = tuple(case for case in cases if not case.peer)
+    elif any(case.scenario == "peers" for case in cases) and missing:
         print(
             f"the peers scenario needs {' and '.join(missing)}: "
             f"pip install {' '.join(missing)}  (or: pip install -e '.[bench]')",
@@ -237,6 +331,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         "repeats": repeats,
         "payload_size": PAYLOAD_SIZE,
         "datagram_size": len(lc02_datagram(0, TOPIC, bytes(PAYLOAD_SIZE))),
+        "sizes": list(message_sizes),
+        "sized": {
+            large.size_label(size): {
+                "messages": count,
+                "repeats": args.repeats or _repeats(mode, size),
+                "datagram_size": len(lc02_datagram(0, TOPIC, bytes(size))),
+            }
+            for size, count in sized_messages.items()
+        },
+        "every_system_at_every_size": mode is FULL or bool(args.size),
+        "reader": f"{READER_NAME} over every payload of every subscriber, compared with the "
+        "expected checksum (raw loops: a memoryview after the LC02 header)",
+        "mb": "10**6 bytes",
         "topic": TOPIC,
         "transports": {
             "udpm": "loopback (ttl=0), private group and port per run",
@@ -259,7 +366,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "profiled": bool(args.profile),
         "statistic": "median over repeats",
     }
-    if any(case.size is not None for case in cases):
+    if any(case.large for case in cases):
         settings["large"] = {
             "messages": {large.size_label(size): count for size, count in large_messages.items()},
             "repeats": large_repeats,
@@ -277,6 +384,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             "policy": LARGE_POLICY,
             "idle_timeout": large.IDLE_TIMEOUT,
             "bus_options": "defaults: segment_memory=1 GiB, segment_cache=256 MiB",
+            "pyzmq": "PUB/SUB over ipc:// as in the peers scenario, SNDHWM = RCVHWM = "
+            f"max(2, min({peers.HWM}, {peers.HWM_BYTES >> 30} GiB // size)) messages, "
+            f"recv(copy=False) from {peers.COPY_THRESHOLD:,} bytes",
             "gb": "10**9 bytes",
         }
 
@@ -284,12 +394,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings["peers"] = {
             "pyzmq": "PUB bound to ipc://TMPDIR/<run name>/pub, one SUB per subscriber, "
             "one frame per message; loops: sync (blocking sockets), asyncio (zmq.asyncio)",
-            "zmq_hwm": f"SNDHWM = RCVHWM = {peers.HWM} messages (PUB drops silently beyond)",
+            "zmq_hwm": f"SNDHWM = RCVHWM = {peers.HWM} messages, at most "
+            f"{peers.HWM_BYTES >> 30} GiB // size (PUB drops silently beyond)",
             "zmq_slow_joiner": "publisher sends a 5-byte probe every 1 ms until GO; "
             "a subscriber says READY once a probe arrived",
             "lcm": "lcm.LCM(udpm://GROUP:PORT?ttl=0&recv_buf_size=N), private group and port "
             "per run; publish() in a loop, handle_timeout() in a loop",
-            "baseline": "raw udpm loop of the same fan-out",
+            "baseline": "raw udpm loop of the same size and fan-out",
             "loss": "sent - received (neither peer counts its drops)",
         }
 
@@ -302,17 +413,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     host = report.machine()
     rng = random.Random()
     runs: dict[Case, list[CaseRun]] = {case: [] for case in cases}
+    case_repeats = {
+        case: args.repeats or (mode.large_repeats if case.large else _repeats(mode, case.size))
+        for case in cases
+    }
     try:
-        for repeat in range(max(repeats, large_repeats)):
+        for repeat in range(max(case_repeats.values(), default=0)):
             for case in cases:
-                if repeat >= (repeats if case.size is None else large_repeats):
+                if repeat >= case_repeats[case]:
                     continue
 
-                count = large_messages[case.size] if case.size is not None else None
-                work = _workload(case, rng, count or messages, slow_messages, mode, args.profile)
+                if case.large:
+                    count = large_messages[case.size]
+                else:
+                    count = sized_messages.get(case.size, messages)
+
+                work = _workload(case, rng, count, slow_messages, mode, args.profile)
                 run = run_case(case, work)
                 runs[case].append(run)
-                _progress(repeat, repeats if case.size is None else large_repeats, case, run)
+                _progress(repeat, case_repeats[case], case, run)
 
         latency_results = latency.run(latency_cases, latency_plan, rng)
     except BenchmarkError as exc:
@@ -343,19 +462,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(latency.markdown(latency_results, latency_plan))
         print()
 
-    if any(case.size is None for case in cases):
+    if any(not case.large for case in cases):
+        counts = ", ".join(
+            f"{large.size_label(size)} x {count:,}"
+            f" (median of {args.repeats or _repeats(mode, size)})"
+            for size, count in sized_messages.items()
+        )
         print(
-            f"{mode.name} mode: {messages:,} x {PAYLOAD_SIZE}-byte messages"
-            f" ({slow_messages:,} with a slow subscriber), median of {repeats}"
+            f"{mode.name} mode: {counts} messages ({slow_messages:,} of 64 B with a slow "
+            f"subscriber, median of {repeats}); MB = 10**6 bytes"
         )
 
-    if any(case.size is not None for case in cases):
+    if any(case.large for case in cases):
         counts = ", ".join(
             f"{large.size_label(size)} x {count:,}" for size, count in large_messages.items()
         )
         print(
             f"{mode.name} mode, large payloads: {counts}, median of {large_repeats}; "
-            "GB = 10**9 bytes"
+            "MB = 10**6 bytes"
         )
 
     print(report.targets_markdown(document))
@@ -364,6 +488,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     print(f"JSON: {path}", file=sys.stderr)
     return 0
+
+
+def _repeats(mode: Mode, size: int) -> int:
+    """Runs per throughput, slow or peers case of ``size``-byte payloads in ``mode``."""
+    return mode.repeats if size == PAYLOAD_SIZE else mode.sized_repeats
 
 
 def _write_plots(document: dict[str, object], directory: pathlib.Path) -> None:
@@ -398,8 +527,8 @@ def _workload(
         group,
         port,
         slow_messages if case.slow else messages,
-        case.size or PAYLOAD_SIZE,
-        mode.idle_timeout if case.size is None else large.IDLE_TIMEOUT,
+        case.size,
+        large.IDLE_TIMEOUT if case.large else mode.idle_timeout,
         START_TIMEOUT,
         loop=case.loop or "asyncio",
         profile=str(profile) if profile else None,
@@ -410,7 +539,7 @@ def _workload(
         policy=case.policy or "drop_oldest",
         slow_work=SLOW_WORK if case.slow else 0.0,
     )
-    return work if case.size is None else large.workload(work, case.mode)
+    return large.workload(work, case.mode) if case.large else work
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -466,6 +595,17 @@ def _parser() -> argparse.ArgumentParser:
         help=(
             "overflow policy of the subscriptions in the AF_UNIX throughput cases "
             f"(default: {THROUGHPUT_POLICY})"
+        ),
+    )
+    parser.add_argument(
+        "--size",
+        action="append",
+        type=_message_size,
+        metavar="BYTES",
+        help=(
+            "payload size of the throughput and peers scenarios (suffix K: KiB), at most "
+            f"{MAX_SIZE:,} (one datagram); repeat for several; every system runs at each "
+            "(default: 64, 1K and 16K; quick mode runs a rotating subset above 64)"
         ),
     )
     parser.add_argument(
@@ -551,8 +691,21 @@ def _size(text: str) -> int:
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 1048576, 64M)") from None
 
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"a size is at least 1 byte, not {text}")
+    if value < MIN_SIZE:
+        # Data is told from the 3-byte end marker and the 5-byte probe by its length.
+        raise argparse.ArgumentTypeError(f"a size is at least {MIN_SIZE} bytes, not {text}")
+
+    return value
+
+
+def _message_size(text: str) -> int:
+    """Parse a payload size of the throughput and peers scenarios (one datagram)."""
+    value = _size(text)
+    if not MIN_SIZE <= value <= MAX_SIZE:
+        raise argparse.ArgumentTypeError(
+            f"--size is {MIN_SIZE} to {MAX_SIZE:,} bytes (one LCM datagram), not {value:,}; "
+            "larger payloads: --scenario large --large-size"
+        )
 
     return value
 
@@ -571,10 +724,10 @@ def _at_least(minimum: int) -> Callable[[str], int]:
 def _progress(repeat: int, repeats: int, case: Case, run: CaseRun) -> None:
     metrics = report.run_metrics(run)
     line = f"[{repeat + 1}/{repeats}] {case.id:<40} sent {metrics['send_rate'] or 0:>10,.0f}/s"
-    if case.size is not None:
+    if case.large:
         line += (
-            f"  delivered {metrics.get('subscriber_gbps') or 0:>6.2f} GB/s per sub"
-            f" {metrics.get('total_gbps') or 0:>6.2f} total"
+            f"  delivered {metrics.get('mb_per_sub') or 0:>8,.0f} MB/s per sub"
+            f" {metrics.get('mb_total') or 0:>8,.0f} total"
             f"  loss {100 * (metrics['loss'] or 0):5.1f} %"
         )
     elif case.slow:
@@ -587,6 +740,7 @@ def _progress(repeat: int, repeats: int, case: Case, run: CaseRun) -> None:
     else:
         line += (
             f"  delivered {metrics['subscriber_rate'] or 0:>10,.0f}/s per sub"
+            f" {metrics.get('mb_per_sub') or 0:>7,.1f} MB/s"
             f"  loss {100 * (metrics['loss'] or 0):5.1f} %"
         )
 

@@ -30,6 +30,7 @@ import socket
 import struct
 import time
 import traceback
+import zlib
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final, TypeAlias, TypeVar
 
@@ -46,9 +47,15 @@ __all__ = [
     "LC02_HEADER",
     "LC02_MAGIC",
     "MARKER_INTERVAL",
+    "MAX_SIZE",
+    "MIN_SIZE",
+    "PAYLOAD_SIZE",
     "RAW_UNIX_PREFIX",
+    "READER",
+    "READER_NAME",
     "READY",
     "RECV_BUF_SIZE",
+    "SIZES",
     "STOP",
     "TOPIC",
     "PublisherReport",
@@ -59,6 +66,7 @@ __all__ = [
     "cpu_clock",
     "lc02_datagram",
     "raw_unix_address",
+    "reader_counters",
     "receive_timeout",
     "report_failure",
     "run_worker",
@@ -68,6 +76,26 @@ TOPIC: Final = "asyncbus.bench"  # the LCM channel of every data message
 END_PAYLOAD: Final = b"end"  # payload of the end marker; its length tells it apart
 LC02_MAGIC: Final = 0x4C433032  # b"LC02": LCM UDP multicast protocol, short message
 LC02_HEADER: Final = struct.Struct(">II")  # magic, sequence number (LCM: big-endian u32s)
+
+# Payload sizes of the throughput and peers scenarios: a small message, where the
+# per-message overhead dominates (the first version's only size), then 1 KiB and 16 KiB.
+PAYLOAD_SIZE: Final = 64
+SIZES: Final = (PAYLOAD_SIZE, 1 << 10, 16 << 10)
+# The largest payload that is one LC02 datagram (and one frame on the AF_UNIX buses):
+# LCM_SHORT_MESSAGE_MAX_SIZE (65,499, channel + NUL + payload) minus the channel and
+# NUL; 8 + 65,499 = 65,507, the IPv4 UDP payload limit. Larger payloads fragment on
+# udpm, which the raw loop cannot do: the large scenario is for them.
+MAX_SIZE: Final = 65_499 - len(TOPIC) - 1
+# Data is told from the end marker (3 bytes) and pyzmq's probe (5 bytes) by its length;
+# 8 bytes is also the header that the large scenario's loan_header mode writes.
+MIN_SIZE: Final = 8
+
+# What every subscriber of every case does with every data payload: zlib.crc32, a C
+# function that touches every byte (the fastest such reader measured on the 2-core
+# development machine; see benchmarks.large), compared with the expected checksum.
+# The same call in every system, so that sizes and systems compare.
+READER: Final[Callable[[Any], int]] = zlib.crc32
+READER_NAME: Final = "zlib.crc32"
 
 # The publisher repeats the end marker this often (seconds) until every subscriber
 # has reported: a marker lost to a full receive queue is replaced 2 ms later, instead
@@ -243,6 +271,17 @@ def lc02_datagram(seq: int, channel: str, payload: bytes) -> bytes:
     :return: ``magic | seq | channel | NUL | payload``.
     """
     return LC02_HEADER.pack(LC02_MAGIC, seq) + channel.encode() + b"\0" + payload
+
+
+def reader_counters(size: int, corrupt: int, checked: bool = True) -> dict[str, object]:
+    """Return what a subscriber reports about its reads (``counters["reader"]``).
+
+    :param size: the payload size every data message had.
+    :param corrupt: payloads whose checksum was not the expected one.
+    :param checked: whether the checksums were compared (``False``: read only).
+    :return: ``{"size": ..., "corrupt": ..., "checked": ...}``.
+    """
+    return {"size": size, "corrupt": corrupt, "checked": checked}
 
 
 def raw_unix_address(work: Workload, index: int) -> bytes:

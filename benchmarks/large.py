@@ -25,6 +25,11 @@ payload, the same reader and the same accounting:
   subscriber ``recv_into``-s a preallocated buffer until the whole payload arrived.
   Every byte is copied twice per subscriber (into the kernel, out of it).
 
+* **pyzmq** ``PUB``/``SUB`` over ``ipc://``, sync and ``zmq.asyncio``: the workers of
+  :mod:`benchmarks.peers` (they run in this scenario's cases with its sizes and idle
+  timeout), with high-water marks of ``max(2, 1 GiB // size)`` messages so that a
+  socket never queues more than about 1 GiB, and ``copy=False`` receives.
+
 Every subscriber runs :data:`READER` (``zlib.crc32``) over each whole payload, the
 same C function on both systems, and compares it with the checksum of the payload
 it expects (except in ``loan_header`` mode): a payload overwritten while a subscriber
@@ -50,13 +55,14 @@ import mmap
 import resource
 import socket
 import struct
-import zlib
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Final
 
 from .common import (
     END_PAYLOAD,
     GO,
+    READER,
+    READER_NAME,
     READY,
     STOP,
     TOPIC,
@@ -66,6 +72,7 @@ from .common import (
     clock,
     cpu_clock,
     raw_unix_address,
+    reader_counters,
     receive_timeout,
     run_on_loop,
     run_worker,
@@ -95,8 +102,6 @@ __all__ = [
 
 SIZES: Final = (1 << 20, 64 << 20)  # 1 MiB and 64 MiB (issue 4)
 MODES: Final = ("publish", "loan_copy", "loan_header")
-READER: Final[Callable[[Any], int]] = zlib.crc32  # see the module docstring
-READER_NAME: Final = "zlib.crc32"
 # The stream publisher's piece: every subscriber gets 1 MiB in turn, so that all
 # of them read while the publisher writes. Whole 64 MiB payloads to one subscriber
 # after the other left three of four idle (1.04 against 0.89 GB/s in total at 1->4,
@@ -287,7 +292,7 @@ def _stream_receive(sock: socket.socket, work: LargeWorkload) -> SubscriberRepor
 
     cpu = cpu_clock() - cpu_first if received else 0.0
     counters = {
-        "reader": {"size": size, "corrupt": corrupt, "checked": True},
+        "reader": reader_counters(size, corrupt),
         "process": _usage_since(usage_first),
     }
     return SubscriberReport(received, first, last, end_seen, 0, counters=counters, cpu=cpu)
@@ -407,7 +412,7 @@ async def _subscribe(work: LargeWorkload, conn: WorkerPipe) -> SubscriberReport:
         counters = {
             "bus": _counters(statistics),
             "subscription": _counters(subscription.statistics()),
-            "reader": {"size": size, "corrupt": corrupt, "checked": expected is not None},
+            "reader": reader_counters(size, corrupt, checked=expected is not None),
             "process": _usage_since(usage_first),
         }
 

@@ -1,8 +1,10 @@
 """The peers (issue 5): the same workload through pyzmq PUB/SUB and through LCM's binding.
 
 What a Python program that does not use asyncbus would write, measured in the same run
-as the raw udpm loops (:mod:`benchmarks.raw`), with the same 64-byte payload, the same
-runner (one process per member, READY / GO / STOP on pipes) and the same reports.
+as the raw udpm loops (:mod:`benchmarks.raw`), with the same payloads (64 B, 1 KiB,
+16 KiB), the same runner (one process per member, READY / GO / STOP on pipes), the same
+reader (``zlib.crc32`` of every payload) and the same reports. pyzmq also runs in the
+large scenario (1 MiB, 64 MiB; :mod:`benchmarks.large`), with the same workers.
 
 * **pyzmq** (``zmq``): a ``PUB`` socket bound to ``ipc://`` (a path in a short private
   directory under the temporary directory), one ``SUB`` socket per subscriber
@@ -14,11 +16,15 @@ runner (one process per member, READY / GO / STOP on pipes) and the same reports
   is the run's private group and port with ``ttl=0`` and the receive buffer the raw and
   asyncbus subscribers ask for, as in the udpm throughput cases.
 
-PUB/SUB drops silently: a ``PUB`` socket discards a message for a subscriber whose
-queue (``SNDHWM`` at the publisher plus ``RCVHWM`` at the subscriber, plus the kernel's
-socket buffers) is full, and the publisher never waits. Both high-water marks are set
-explicitly to :data:`HWM`. LCM over multicast drops in the kernel when a receive queue
-is full. So loss is ``sent - received`` for both; neither tells which messages.
+PUB/SUB drops silently: a ``PUB`` socket discards a message for a subscriber whose queue
+(``SNDHWM`` at the publisher plus ``RCVHWM`` at the subscriber, plus the kernel's socket
+buffers) is full, and the publisher never waits. Both high-water marks are set
+explicitly (:func:`high_water_mark`: :data:`HWM` messages, fewer for payloads so large
+that a socket would hold more than :data:`HWM_BYTES`). Payloads of pyzmq's copy
+threshold (64 KiB) or more are received with ``copy=False`` (the frame's buffer, no
+copy), as pyzmq sends them and as its documentation advises for large messages. LCM over
+multicast drops in the kernel when a receive queue is full. So loss is ``sent -
+received`` for both; neither tells which messages.
 
 ZeroMQ's slow joiner: a ``SUB`` socket's subscription reaches the publisher some time
 after ``connect``, and until then the publisher drops everything for it. So the
@@ -47,6 +53,7 @@ from .common import (
     END_PAYLOAD,
     GO,
     MARKER_INTERVAL,
+    READER,
     READY,
     STOP,
     TOPIC,
@@ -55,22 +62,26 @@ from .common import (
     Workload,
     clock,
     cpu_clock,
+    reader_counters,
     run_on_loop,
     run_worker,
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Awaitable, Callable, Iterator
 
     import zmq
+    import zmq.asyncio
 
     from .common import WorkerPipe
 
 __all__ = [
     "HWM",
+    "HWM_BYTES",
     "PACKAGES",
     "PROBE",
     "ZMQ_LOOPS",
+    "high_water_mark",
     "ipc_address",
     "missing_packages",
     "run_lcm_publisher",
@@ -83,6 +94,13 @@ __all__ = [
 # change of default does not change the benchmark. Close to asyncbus's own bounds
 # (peer_queue 1024 at the publisher, subscription maxsize 1024 at the subscriber).
 HWM: Final = 1000
+# ... but no more than this many payload bytes per queue (the large scenario: 16 messages
+# of 64 MiB), so that a socket holds about as much as an asyncbus publisher's
+# segment_memory (1 GiB).
+HWM_BYTES: Final = 1 << 30
+# pyzmq sends a payload of this size or more without copying it (zmq.COPY_THRESHOLD,
+# 64 KiB); the subscribers receive such payloads with copy=False.
+COPY_THRESHOLD: Final = 65_536
 PROBE: Final = b"probe"  # 5 bytes: neither data (64) nor the end marker (3)
 PROBE_INTERVAL: Final = 0.001  # seconds between two probes before GO
 ZMQ_LOOPS: Final = ("sync", "asyncio")
@@ -119,6 +137,15 @@ def ipc_address(work: Workload) -> tuple[str, str]:
         raise ValueError(f"ipc path longer than {SUN_PATH_MAX} bytes: {path} (set TMPDIR=/tmp)")
 
     return directory, f"ipc://{path}"
+
+
+def high_water_mark(size: int) -> int:
+    """Return ``SNDHWM`` and ``RCVHWM`` for ``size``-byte payloads.
+
+    :param size: the payload size.
+    :return: :data:`HWM`, or ``HWM_BYTES // size`` if smaller, but at least 2.
+    """
+    return max(2, min(HWM, HWM_BYTES // size))
 
 
 def lcm_url(work: Workload) -> str:
@@ -185,11 +212,12 @@ def _private_directory(work: Workload) -> Iterator[str]:
         shutil.rmtree(directory, ignore_errors=True)
 
 
-def _zmq_options(sock: zmq.Socket[Any]) -> None:
+def _zmq_options(sock: zmq.Socket[Any], size: int) -> None:
     import zmq
 
-    sock.setsockopt(zmq.SNDHWM, HWM)
-    sock.setsockopt(zmq.RCVHWM, HWM)
+    hwm = high_water_mark(size)
+    sock.setsockopt(zmq.SNDHWM, hwm)
+    sock.setsockopt(zmq.RCVHWM, hwm)
     sock.setsockopt(zmq.LINGER, 0)  # close() never waits for undelivered messages
 
 
@@ -205,7 +233,7 @@ def _zmq_publisher(work: Workload, conn: WorkerPipe) -> PublisherReport:
         zmq.Context() as context,
         context.socket(zmq.PUB) as sock,
     ):
-        _zmq_options(sock)
+        _zmq_options(sock, work.size)
         sock.bind(endpoint)
         conn.send(READY)
         while not conn.poll(PROBE_INTERVAL):
@@ -243,7 +271,7 @@ async def _zmq_publish_async(work: Workload, conn: WorkerPipe) -> PublisherRepor
         zmq.asyncio.Context() as context,
         context.socket(zmq.PUB) as sock,
     ):
-        _zmq_options(sock)
+        _zmq_options(sock, work.size)
         sock.bind(endpoint)
         conn.send(READY)
         while not conn.poll(0):
@@ -281,11 +309,11 @@ def _zmq_subscriber(work: Workload, conn: WorkerPipe) -> SubscriberReport:
 
     _, endpoint = ipc_address(work)
     with zmq.Context() as context, context.socket(zmq.SUB) as sock:
-        _zmq_options(sock)
+        _zmq_options(sock, work.size)
         sock.setsockopt(zmq.SUBSCRIBE, b"")
         sock.setsockopt(zmq.RCVTIMEO, int(work.start_timeout * 1000))
         sock.connect(endpoint)
-        recv = sock.recv
+        recv = _receiver(sock, work.size)
         try:
             recv()  # a probe: the subscription has reached the publisher
         except zmq.Again:
@@ -293,7 +321,8 @@ def _zmq_subscriber(work: Workload, conn: WorkerPipe) -> SubscriberReport:
 
         conn.send(READY)
         size = work.size
-        received = 0
+        read, expected = READER, READER(work.payload)
+        received = corrupt = 0
         first = last = cpu_first = 0.0
         end_seen = False
         while True:
@@ -309,6 +338,7 @@ def _zmq_subscriber(work: Workload, conn: WorkerPipe) -> SubscriberReport:
 
                 continue  # a probe sent before GO
 
+            corrupt += read(data) != expected  # every byte
             last = clock()
             if not received:
                 first = last
@@ -319,7 +349,8 @@ def _zmq_subscriber(work: Workload, conn: WorkerPipe) -> SubscriberReport:
 
         cpu = cpu_clock() - cpu_first if received else 0.0
 
-    return SubscriberReport(received, first, last, end_seen, -1, cpu=cpu)
+    counters = {"reader": reader_counters(size, corrupt), "hwm": high_water_mark(size)}
+    return SubscriberReport(received, first, last, end_seen, -1, counters=counters, cpu=cpu)
 
 
 async def _zmq_subscribe_async(work: Workload, conn: WorkerPipe) -> SubscriberReport:
@@ -328,12 +359,12 @@ async def _zmq_subscribe_async(work: Workload, conn: WorkerPipe) -> SubscriberRe
 
     _, endpoint = ipc_address(work)
     with zmq.asyncio.Context() as context, context.socket(zmq.SUB) as sock:
-        _zmq_options(sock)
+        _zmq_options(sock, work.size)
         sock.setsockopt(zmq.SUBSCRIBE, b"")
         # zmq.asyncio honours RCVTIMEO: an awaited recv raises zmq.Again after it.
         sock.setsockopt(zmq.RCVTIMEO, int(work.start_timeout * 1000))
         sock.connect(endpoint)
-        recv = sock.recv
+        recv = _async_receiver(sock, work.size)
         try:
             await recv()  # a probe: the subscription has reached the publisher
         except zmq.Again:
@@ -341,7 +372,8 @@ async def _zmq_subscribe_async(work: Workload, conn: WorkerPipe) -> SubscriberRe
 
         conn.send(READY)
         size = work.size
-        received = 0
+        read, expected = READER, READER(work.payload)
+        received = corrupt = 0
         first = last = cpu_first = 0.0
         end_seen = False
         while True:
@@ -357,6 +389,7 @@ async def _zmq_subscribe_async(work: Workload, conn: WorkerPipe) -> SubscriberRe
 
                 continue  # a probe sent before GO
 
+            corrupt += read(data) != expected  # every byte
             last = clock()
             if not received:
                 first = last
@@ -367,7 +400,34 @@ async def _zmq_subscribe_async(work: Workload, conn: WorkerPipe) -> SubscriberRe
 
         cpu = cpu_clock() - cpu_first if received else 0.0
 
-    return SubscriberReport(received, first, last, end_seen, -1, cpu=cpu)
+    counters = {"reader": reader_counters(size, corrupt), "hwm": high_water_mark(size)}
+    return SubscriberReport(received, first, last, end_seen, -1, counters=counters, cpu=cpu)
+
+
+def _receiver(sock: zmq.Socket[Any], size: int) -> Callable[[], bytes | memoryview]:
+    """Return ``sock.recv``, or for payloads of :data:`COPY_THRESHOLD` or more a function
+    that receives a frame without a copy and returns its buffer."""
+    if size < COPY_THRESHOLD:
+        return sock.recv
+
+    def receive() -> memoryview:
+        return sock.recv(copy=False).buffer
+
+    return receive
+
+
+def _async_receiver(
+    sock: zmq.asyncio.Socket, size: int
+) -> Callable[[], Awaitable[bytes | memoryview]]:
+    """:func:`_receiver` for a ``zmq.asyncio`` socket."""
+    if size < COPY_THRESHOLD:
+        return sock.recv
+
+    async def receive() -> memoryview:
+        frame = await sock.recv(copy=False)
+        return frame.buffer
+
+    return receive
 
 
 # LCM
@@ -401,11 +461,12 @@ def _lcm_publisher(work: Workload, conn: WorkerPipe) -> PublisherReport:
 
 
 class _LCMCounter:
-    """The subscriber's handler: counts data messages, times the first and last."""
+    """The subscriber's handler: reads and counts data messages, times the first and last."""
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, expected: int) -> None:
         self.size = size
-        self.received = 0
+        self.expected = expected
+        self.received = self.corrupt = 0
         self.first = self.last = self.cpu_first = 0.0
         self.end_seen = False
 
@@ -414,6 +475,7 @@ class _LCMCounter:
             self.end_seen = True
             return
 
+        self.corrupt += READER(data) != self.expected  # every byte
         self.last = clock()
         if not self.received:
             self.first = self.last
@@ -426,7 +488,7 @@ def _lcm_subscriber(work: Workload, conn: WorkerPipe) -> SubscriberReport:
     import lcm
 
     bus = lcm.LCM(lcm_url(work))
-    counter = _LCMCounter(work.size)
+    counter = _LCMCounter(work.size, READER(work.payload))
     subscription = bus.subscribe(TOPIC, counter.handle)
     conn.send(READY)
     handle_timeout = bus.handle_timeout
@@ -440,6 +502,13 @@ def _lcm_subscriber(work: Workload, conn: WorkerPipe) -> SubscriberReport:
 
     cpu = cpu_clock() - counter.cpu_first if counter.received else 0.0
     bus.unsubscribe(subscription)
+    counters = {"reader": reader_counters(work.size, counter.corrupt)}
     return SubscriberReport(
-        counter.received, counter.first, counter.last, counter.end_seen, -1, cpu=cpu
+        counter.received,
+        counter.first,
+        counter.last,
+        counter.end_seen,
+        -1,
+        counters=counters,
+        cpu=cpu,
     )

@@ -1,12 +1,13 @@
 """The baseline: the same workload with plain blocking sockets and no framework.
 
-This is as fast as a Python process can move these datagrams with the standard
-library, and what asyncbus is compared with. The loops do only what a minimal
-receiver must: one ``recv`` per datagram, tell the end marker from data by its
-length, count, take the time. The sender packs the sequence number into a reusable
-buffer and calls ``sendto``. The multicast setup is the one asyncbus documents for
-``ttl=0``: join the group on 127.0.0.1, send through 127.0.0.1, TTL 0 (never leaves
-the host); no route and no root needed.
+This is as fast as a Python process can move these datagrams with the standard library,
+and what asyncbus is compared with. The loops do only what a minimal receiver must: one
+``recv`` per datagram, tell the end marker from data by its length, read the payload
+(``zlib.crc32`` of a memoryview after the header, as every system's subscriber does),
+count, take the time. The sender packs the sequence number into a reusable buffer and
+calls ``sendto``. The multicast setup is the one asyncbus documents for ``ttl=0``: join
+the group on 127.0.0.1, send through 127.0.0.1, TTL 0 (never leaves the host); no route
+and no root needed.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from .common import (
     LC02_HEADER,
     LC02_MAGIC,
     MARKER_INTERVAL,
+    READER,
     READY,
     STOP,
     TOPIC,
@@ -30,6 +32,7 @@ from .common import (
     clock,
     cpu_clock,
     lc02_datagram,
+    reader_counters,
     receive_timeout,
     run_worker,
 )
@@ -73,8 +76,10 @@ def _subscribe(work: Workload, conn: WorkerPipe) -> SubscriberReport:
         conn.send(READY)
 
         size = len(lc02_datagram(0, TOPIC, work.payload))
-        recv = sock.recv
-        received = 0
+        offset = size - work.size  # where the payload starts, after the LC02 header
+        recv, view = sock.recv, memoryview
+        read, expected = READER, READER(work.payload)
+        received = corrupt = 0
         first = last = cpu_first = 0.0
         end_seen = False
         while True:
@@ -87,6 +92,7 @@ def _subscribe(work: Workload, conn: WorkerPipe) -> SubscriberReport:
                 end_seen = True
                 break
 
+            corrupt += read(view(data)[offset:]) != expected  # every byte of the payload
             last = clock()
             if not received:
                 first = last
@@ -99,9 +105,8 @@ def _subscribe(work: Workload, conn: WorkerPipe) -> SubscriberReport:
         drops = _kernel_drops(sock)
         buffer = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
 
-    return SubscriberReport(
-        received, first, last, end_seen, drops, counters={"so_rcvbuf": buffer}, cpu=cpu
-    )
+    counters = {"so_rcvbuf": buffer, "reader": reader_counters(work.size, corrupt)}
+    return SubscriberReport(received, first, last, end_seen, drops, counters=counters, cpu=cpu)
 
 
 def _publish(work: Workload, conn: WorkerPipe) -> PublisherReport:

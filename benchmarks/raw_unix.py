@@ -12,8 +12,9 @@ The frames are the ones asyncbus sends (an LCM ``LC02`` datagram, 87 bytes for a
 64-byte payload), with one sequence number for all subscribers. Sends block, so a
 full receiver makes the publisher wait: nothing is lost, as on asyncbus's buses with
 ``block`` subscriptions. The receive loop does only what a minimal receiver must: one
-``recv`` per frame, tell the end marker from data by its length, count, take the
-time. Unlike asyncbus it receives no credentials (asyncbus's ``unix:`` receiving
+``recv`` per frame, tell the end marker from data by its length, read the payload
+(``zlib.crc32`` of a memoryview after the header, as every system's subscriber does),
+count, take the time. Unlike asyncbus it receives no credentials (asyncbus's ``unix:`` receiving
 socket has ``SO_PASSCRED`` and reads each datagram with ``recvmsg``).
 
 The sockets live in Linux's abstract namespace (:data:`~benchmarks.common.RAW_UNIX_PREFIX`),
@@ -32,6 +33,7 @@ from .common import (
     GO,
     LC02_HEADER,
     LC02_MAGIC,
+    READER,
     READY,
     STOP,
     TOPIC,
@@ -42,6 +44,7 @@ from .common import (
     cpu_clock,
     lc02_datagram,
     raw_unix_address,
+    reader_counters,
     receive_timeout,
     run_worker,
 )
@@ -99,8 +102,10 @@ def _subscribe(work: Workload, conn: WorkerPipe) -> SubscriberReport:
 def _receive(sock: socket.socket, work: Workload) -> SubscriberReport:
     receive_timeout(sock, work.start_timeout)
     size = len(lc02_datagram(0, TOPIC, work.payload))
-    recv = sock.recv
-    received = 0
+    offset = size - work.size  # where the payload starts, after the LC02 header
+    recv, view = sock.recv, memoryview
+    read, expected = READER, READER(work.payload)
+    received = corrupt = 0
     first = last = cpu_first = 0.0
     end_seen = False
     while True:
@@ -113,6 +118,7 @@ def _receive(sock: socket.socket, work: Workload) -> SubscriberReport:
             end_seen = bool(data)  # b"": the publisher's connection ended (seqpacket)
             break
 
+        corrupt += read(view(data)[offset:]) != expected  # every byte of the payload
         last = clock()
         if not received:
             first = last
@@ -123,7 +129,8 @@ def _receive(sock: socket.socket, work: Workload) -> SubscriberReport:
 
     cpu = cpu_clock() - cpu_first if received else 0.0
     # The kernel never drops AF_UNIX datagrams: a full receiver makes the sender wait.
-    return SubscriberReport(received, first, last, end_seen, 0, cpu=cpu)
+    counters = {"reader": reader_counters(work.size, corrupt)}
+    return SubscriberReport(received, first, last, end_seen, 0, counters=counters, cpu=cpu)
 
 
 def _publish(work: Workload, conn: WorkerPipe) -> PublisherReport:

@@ -36,11 +36,15 @@ received (``drop_oldest`` keeps the newest messages, ``drop_newest`` does not); 
 ``drops_equal``, 1 when the publisher's ``send_drops`` equals the subscribers'
 summed ``gaps`` (every drop the publisher made was seen), else 0.
 
-For the large-payload scenario (:mod:`benchmarks.large`) each run also has
-``subscriber_gbps`` and ``total_gbps`` (the rates above times the payload size, in
-GB/s, GB = 10**9 bytes), ``corrupt`` (payloads whose checksum was not the expected
-one, summed over subscribers; ``None`` where not checked) and, for asyncbus, the
-publisher's ``segments_created`` and ``segments_reused`` over its send loop; and
+Every subscriber of every scenario reads every byte of every payload (``zlib.crc32``)
+and compares the checksum with the expected one, so every run also has
+``mb_per_sub`` and ``mb_total`` (``subscriber_rate`` and ``total_rate`` times the
+payload size, in MB/s, MB = 10**6 bytes), ``subscriber_gbps`` and ``total_gbps`` (the
+same in GB/s, GB = 10**9 bytes; the large scenario's first units), ``corrupt``
+(payloads whose checksum was not the expected one, summed over subscribers; ``None``
+where not checked) and, for asyncbus, the publisher's ``segments_created`` and
+``segments_reused`` over its send loop (0 below one frame's size). For the
+large-payload scenario (:mod:`benchmarks.large`) there are also
 ``publisher_faults``, ``subscriber_faults``: minor page faults per message (the
 publisher's over its send loop, the mean over subscribers of theirs from the first
 message to the end; ``getrusage``).
@@ -95,6 +99,8 @@ RATES: Final = (
     "slow_rate",
     "subscriber_gbps",
     "total_gbps",
+    "mb_per_sub",
+    "mb_total",
 )
 
 # The metrics compared with the raw baseline: asyncbus / raw, > 1 means asyncbus is faster.
@@ -155,12 +161,14 @@ def run_metrics(run: CaseRun) -> Metrics:
         for report in subscribers
         if isinstance(reader := report.counters.get("reader"), dict)
     ]
-    if readers:  # the large scenario: every subscriber read every byte
-        size: int = max(reader["size"] for reader in readers)
-        for name in ("subscriber", "total"):
+    size: int = run.size or max((reader["size"] for reader in readers), default=0)
+    if size:  # bytes per second: every subscriber read every byte
+        for name, key in (("subscriber", "mb_per_sub"), ("total", "mb_total")):
             rate = metrics[f"{name}_rate"]
+            metrics[key] = None if rate is None else rate * size / 1e6
             metrics[f"{name}_gbps"] = None if rate is None else rate * size / 1e9
 
+    if readers:
         checked = all(reader["checked"] for reader in readers)
         corrupt = sum(reader["corrupt"] for reader in readers)
         metrics["corrupt"] = float(corrupt) if checked else None
@@ -201,6 +209,7 @@ def case_result(case: Case, runs: Sequence[CaseRun], ratios: Metrics | None) -> 
     """
     return {
         "id": case.id,
+        "scenario": case.scenario,
         "implementation": case.implementation,
         "loop": case.loop,
         "fanout": case.fanout,
@@ -304,12 +313,12 @@ def markdown(cases: Sequence[tuple[Case, Sequence[CaseRun], Metrics | None]]) ->
     :return: a heading and a table for each of udpm throughput, AF_UNIX throughput,
         slow subscribers, large payloads and peers that has cases.
     """
-    large = [item for item in cases if item[0].size is not None]
-    peers = [item for item in cases if item[0].peer]
-    cases = [item for item in cases if item[0].size is None and not item[0].peer]
-    udpm = [item for item in cases if item[0].transport == "udpm" and not item[0].slow]
-    unix = [item for item in cases if item[0].transport != "udpm" and not item[0].slow]
-    slow = [item for item in cases if item[0].slow]
+    large = [item for item in cases if item[0].scenario == "large"]
+    peers = [item for item in cases if item[0].scenario == "peers"]
+    slow = [item for item in cases if item[0].scenario == "slow"]
+    cases = [item for item in cases if item[0].scenario == "throughput"]
+    udpm = [item for item in cases if item[0].transport == "udpm"]
+    unix = [item for item in cases if item[0].transport != "udpm"]
     sections = []
     if any(item[0].implementation == "asyncbus" for item in udpm):
         sections.append("### udpm throughput\n\n" + _udpm_table(udpm))
@@ -322,12 +331,15 @@ def markdown(cases: Sequence[tuple[Case, Sequence[CaseRun], Metrics | None]]) ->
 
     if large:
         sections.append(
-            "### Large payloads, every byte read (GB = 10**9 bytes)\n\n" + _large_table(large)
+            "### Large payloads, every byte read (MB = 10**6 bytes)\n\n" + _large_table(large)
         )
 
     if peers:
-        raw = [item for item in udpm if item[0].implementation == "raw"]
-        sections.append("### Peers: pyzmq PUB/SUB and LCM\n\n" + _peers_table(raw + peers))
+        sizes = {item[0].size for item in peers}
+        raw = [item for item in udpm if item[0].implementation == "raw" and item[0].size in sizes]
+        # Each size and fan-out together, its raw udpm baseline first.
+        rows = sorted(raw + peers, key=lambda item: (item[0].size, item[0].fanout))
+        sections.append("### Peers: pyzmq PUB/SUB and LCM\n\n" + _peers_table(rows))
 
     return "\n\n".join(sections)
 
@@ -351,8 +363,17 @@ def _table(
 
 
 def _rates(median: Metrics) -> list[str]:
-    """Sent, delivered per subscriber and delivered in total, in msg/s."""
-    return [_number(median[name]) for name in ("send_rate", "subscriber_rate", "total_rate")]
+    """Sent, delivered per subscriber (msg/s and MB/s) and delivered in total (msg/s)."""
+    return [
+        _number(median["send_rate"]),
+        _number(median["subscriber_rate"]),
+        _megabytes(median.get("mb_per_sub")),
+        _number(median["total_rate"]),
+    ]
+
+
+# The rate columns of :func:`_rates`.
+RATE_COLUMNS: Final = "sent msg/s | delivered msg/s per sub | MB/s per sub | delivered msg/s total"
 
 
 def _versus(ratios: Metrics) -> list[str]:
@@ -369,6 +390,7 @@ def _udpm_table(cases: Sequence[tuple[Case, Sequence[CaseRun], Metrics | None]])
         return [
             case.implementation,
             case.loop or "-",
+            _size(case.size),
             f"1→{case.fanout}",
             *_rates(median),
             _percent(median["loss"]),
@@ -378,9 +400,9 @@ def _udpm_table(cases: Sequence[tuple[Case, Sequence[CaseRun], Metrics | None]])
         ]
 
     return _table(
-        "case | loop | fan-out | sent msg/s | delivered msg/s per sub | delivered msg/s total "
+        f"case | loop | size | fan-out | {RATE_COLUMNS} "
         "| loss | kernel drops | gaps | vs raw (per sub) | vs raw (total)",
-        "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+        "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
         cases,
         row,
     )
@@ -392,6 +414,7 @@ def _unix_table(cases: Sequence[tuple[Case, Sequence[CaseRun], Metrics | None]])
             case.transport,
             case.implementation,
             case.loop or "-",
+            _size(case.size),
             f"1→{case.fanout}",
             *_rates(median),
             _worst_loss(runs),
@@ -404,10 +427,10 @@ def _unix_table(cases: Sequence[tuple[Case, Sequence[CaseRun], Metrics | None]])
         ]
 
     return _table(
-        "transport | case | loop | fan-out | sent msg/s | delivered msg/s per sub "
-        "| delivered msg/s total | loss | gaps | send drops | unaccounted "
+        f"transport | case | loop | size | fan-out | {RATE_COLUMNS} "
+        "| loss | gaps | send drops | unaccounted "
         "| vs raw (per sub) | vs raw (total) | CPU us/msg pub | CPU us/msg sub",
-        "|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+        "|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
         cases,
         row,
     )
@@ -420,11 +443,14 @@ def _slow_table(cases: Sequence[tuple[Case, Sequence[CaseRun], Metrics | None]])
             case.transport,
             case.policy or "-",
             case.loop or "-",
+            _size(case.size),
             _number(median["send_rate"]),
             f"{_number(median.get('fast_received'))} / {_number(median.get('fast_lost'))}",
             _number(median.get("fast_rate")),
+            _megabytes(_per_second(median.get("fast_rate"), case.size)),
             f"{_number(median.get('slow_received'))} / {_number(median.get('slow_lost'))}",
             _number(median.get("slow_rate")),
+            _megabytes(_per_second(median.get("slow_rate"), case.size)),
             _number(median.get("slow_last_seq")),
             _number(median.get("slow_gaps")),
             _number(median.get("slow_overflow_drops")),
@@ -434,10 +460,11 @@ def _slow_table(cases: Sequence[tuple[Case, Sequence[CaseRun], Metrics | None]])
         ]
 
     return _table(
-        "transport | policy | loop | sent msg/s | fast: delivered / lost | fast msg/s "
-        "| slow: delivered / lost | slow msg/s | slow: last seq | slow gaps "
-        "| slow overflow drops | publisher send_drops | send_drops = gaps | unaccounted",
-        "|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+        "transport | policy | loop | size | sent msg/s | fast: delivered / lost | fast msg/s "
+        "| fast MB/s | slow: delivered / lost | slow msg/s | slow MB/s | slow: last seq "
+        "| slow gaps | slow overflow drops | publisher send_drops | send_drops = gaps "
+        "| unaccounted",
+        "|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
         cases,
         row,
     )
@@ -447,19 +474,24 @@ def _large_table(cases: Sequence[tuple[Case, Sequence[CaseRun], Metrics | None]]
     def row(case: Case, runs: Sequence[CaseRun], median: Metrics, ratios: Metrics) -> list[str]:
         stream = case.transport == "stream"
         segments = "-"
-        if not stream:
+        if case.implementation == "asyncbus":
             created, reused = median.get("segments_created"), median.get("segments_reused")
             segments = f"{_number(created)} / {_number(reused)}"
 
+        if stream:
+            system, mode = "stream (copy)", "sendall"
+        else:
+            system, mode = f"{case.implementation} {case.transport}", case.mode or "send"
+
         return [
-            "stream (copy)" if stream else f"asyncbus {case.transport}",
-            "sendall" if stream else (case.mode or "-"),
+            system,
+            mode,
             case.loop or "-",
             _size(case.size),
             f"1→{case.fanout}",
             _decimal(median["subscriber_rate"]),
-            _hundredths(median.get("subscriber_gbps")),
-            _hundredths(median.get("total_gbps")),
+            _megabytes(median.get("mb_per_sub")),
+            _megabytes(median.get("mb_total")),
             _worst_loss(runs),
             _number(_largest(runs, "corrupt")),
             *_versus(ratios),
@@ -471,7 +503,7 @@ def _large_table(cases: Sequence[tuple[Case, Sequence[CaseRun], Metrics | None]]
         ]
 
     return _table(
-        "system | mode | loop | size | fan-out | msg/s per sub | GB/s per sub | GB/s total "
+        "system | mode | loop | size | fan-out | msg/s per sub | MB/s per sub | MB/s total "
         "| loss | corrupt | vs stream (per sub) | vs stream (total) | segments new / reused "
         "| CPU ms/msg pub | CPU ms/msg sub | faults/msg pub | faults/msg sub",
         "|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
@@ -486,6 +518,7 @@ def _peers_table(cases: Sequence[tuple[Case, Sequence[CaseRun], Metrics | None]]
             case.implementation,
             case.transport,
             case.loop or "-",
+            _size(case.size),
             f"1→{case.fanout}",
             *_rates(median),
             _percent(median["loss"]),
@@ -496,10 +529,10 @@ def _peers_table(cases: Sequence[tuple[Case, Sequence[CaseRun], Metrics | None]]
         ]
 
     return _table(
-        "system | transport | loop | fan-out | sent msg/s | delivered msg/s per sub "
-        "| delivered msg/s total | loss | lost (most of any run) | vs raw udpm (per sub) "
+        f"system | transport | loop | size | fan-out | {RATE_COLUMNS} "
+        "| loss | lost (most of any run) | vs raw udpm (per sub) "
         "| vs raw udpm (total) | CPU us/msg pub | CPU us/msg sub",
-        "|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+        "|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
         cases,
         row,
     )
@@ -507,6 +540,15 @@ def _peers_table(cases: Sequence[tuple[Case, Sequence[CaseRun], Metrics | None]]
 
 def _size(size: int | None) -> str:
     return "-" if size is None else size_label(size)
+
+
+def _per_second(rate: float | None, size: int) -> float | None:
+    """Megabytes (10**6 bytes) per second of ``rate`` messages of ``size`` bytes."""
+    return None if rate is None else rate * size / 1e6
+
+
+def _megabytes(value: float | None) -> str:
+    return "-" if value is None else f"{value:,.1f}"
 
 
 def _milli(micro: float | None) -> float | None:

@@ -18,7 +18,17 @@ from multiprocessing.connection import wait
 from typing import TYPE_CHECKING, Final, TypeAlias, TypeVar
 
 from . import large
-from .common import GO, READY, STOP, PublisherReport, SubscriberReport, WorkerFailed, Workload
+from .common import (
+    GO,
+    PAYLOAD_SIZE,
+    READY,
+    STOP,
+    PublisherReport,
+    SubscriberReport,
+    WorkerFailed,
+    Workload,
+)
+from .large import size_label
 
 if TYPE_CHECKING:
     import random
@@ -60,10 +70,11 @@ class Case:
         large scenario's baseline: AF_UNIX SOCK_STREAM), or ``"ipc"`` (pyzmq).
     :param policy: the overflow policy of the asyncbus subscriptions (``None`` for raw).
     :param slow: one fast and one slow subscriber (the slow-subscriber scenario).
-    :param size: the payload size of the large-payload scenario (:mod:`benchmarks.large`;
-        its raw baseline has the transport ``"stream"``); ``None`` in the others.
+    :param size: the payload size of a data message in bytes, in every scenario.
     :param mode: how the large scenario's asyncbus publisher fills a payload
         (:data:`benchmarks.large.MODES`); ``None`` otherwise.
+    :param large: a case of the large-payload scenario (:mod:`benchmarks.large`; its
+        raw baseline has the transport ``"stream"``).
     """
 
     implementation: str
@@ -72,8 +83,9 @@ class Case:
     transport: str = "udpm"
     policy: str | None = None
     slow: bool = False
-    size: int | None = None
+    size: int = PAYLOAD_SIZE
     mode: str | None = None
+    large: bool = False
 
     @property
     def id(self) -> str:
@@ -83,42 +95,61 @@ class Case:
         ``unix-raw-1to1``, ``seqpacket-asyncbus-asyncio-1to4``,
         ``unix-asyncbus-asyncio-slow-drop_newest``,
         ``large-unix-asyncbus-uvloop-loan_copy-64MiB-1to4``, ``large-stream-raw-1MiB-1to1``,
-        ``peers-ipc-pyzmq-sync-1to4``, ``peers-udpm-lcm-1to1``.
+        ``large-ipc-pyzmq-sync-64MiB-1to1``, ``peers-ipc-pyzmq-sync-1to4``,
+        ``peers-udpm-lcm-1to1``. Outside the large scenario the size is named only when
+        it is not :data:`~benchmarks.common.PAYLOAD_SIZE` (64 bytes, the first
+        version's only size): ``unix-asyncbus-uvloop-16KiB-1to1``,
+        ``peers-ipc-pyzmq-sync-1KiB-1to4``, ``raw-16KiB-1to4``.
         """
-        if self.peer:
-            parts = ["peers", self.transport, self.implementation, self.loop]
-            return "-".join(part for part in [*parts, f"1to{self.fanout}"] if part)
-
-        transport = None if self.transport == "udpm" else self.transport
         shape = f"slow-{self.policy}" if self.slow else f"1to{self.fanout}"
-        size = None if self.size is None else large.size_label(self.size)
-        parts = ["large" if size else None, transport, self.implementation, self.loop]
-        parts += [self.mode, size, shape]
-        return "-".join(part for part in parts if part)
+        size = size_label(self.size) if self.large or self.size != PAYLOAD_SIZE else None
+        if self.large:
+            transport: str | None = self.transport
+            parts = ["large", transport, self.implementation, self.loop, self.mode]
+        elif self.peer:
+            parts = ["peers", self.transport, self.implementation, self.loop]
+        else:
+            transport = None if self.transport == "udpm" else self.transport
+            parts = [transport, self.implementation, self.loop]
+
+        return "-".join(part for part in [*parts, size, shape] if part)
 
     @property
     def peer(self) -> bool:
-        """Whether this is a case of the peers scenario (pyzmq, LCM)."""
+        """Whether pyzmq or LCM implements this case (peers scenario; pyzmq also in large)."""
         return self.implementation in PEERS
 
     @property
+    def scenario(self) -> str:
+        """``"throughput"``, ``"slow"``, ``"large"`` or ``"peers"``.
+
+        The raw udpm cases are the baseline of both the throughput and the peers
+        scenario; they run once and say ``"throughput"``.
+        """
+        if self.slow:
+            return "slow"
+
+        if self.large:
+            return "large"
+
+        return "peers" if self.peer else "throughput"
+
+    @property
     def baseline(self) -> Case:
-        """The raw case this one is compared with: same transport, same fan-out.
+        """The raw case this one is compared with: same transport, size and fan-out.
 
         In the large scenario: the stream baseline with the same payload size and fan-out.
-        The peers are compared with the raw udpm loop of the same fan-out.
+        The peers are compared with the raw udpm loop of the same size and fan-out.
         """
-        if self.size is not None:
-            return Case("raw", None, self.fanout, "stream", size=self.size)
+        if self.large:
+            return Case("raw", None, self.fanout, "stream", size=self.size, large=True)
 
-        return Case("raw", None, self.fanout, "udpm" if self.peer else self.transport)
+        transport = "udpm" if self.peer else self.transport
+        return Case("raw", None, self.fanout, transport, size=self.size)
 
     def workers(self) -> tuple[Worker, Worker]:
         """Return the publisher's and the subscribers' process entry points."""
         # Imported here so that each worker process imports its own module only.
-        if self.size is not None:
-            return large.run_publisher, large.run_subscriber
-
         if self.peer:
             from . import peers
 
@@ -126,6 +157,9 @@ class Case:
                 return peers.run_lcm_publisher, peers.run_lcm_subscriber
 
             return peers.run_zmq_publisher, peers.run_zmq_subscriber
+
+        if self.large:
+            return large.run_publisher, large.run_subscriber
 
         if self.implementation == "raw" and self.transport == "udpm":
             from . import raw
@@ -150,11 +184,13 @@ class CaseRun:
         group and port, or sockets named after the same bus name).
     :param publisher: the publisher's report.
     :param subscribers: each subscriber's report, in subscriber order.
+    :param size: the payload size of a data message, in bytes (0: not known).
     """
 
     url: str
     publisher: PublisherReport
     subscribers: tuple[SubscriberReport, ...]
+    size: int = 0
 
 
 def private_endpoint(rng: random.Random) -> tuple[str, int]:
@@ -213,7 +249,7 @@ def run_case(case: Case, work: Workload) -> CaseRun:
         publisher.send(STOP)
         (report,) = _collect([publisher], PublisherReport, JOIN_TIMEOUT)
 
-    return CaseRun(work.url, report, tuple(reports))
+    return CaseRun(work.url, report, tuple(reports), work.size)
 
 
 @contextlib.contextmanager

@@ -19,6 +19,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from .conftest import require
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -73,11 +75,13 @@ def _abstract_seqpacket() -> bool:
     return True
 
 
-def _run_quick(tmp_path: Path, *options: str) -> tuple[dict[str, Any], list[str]]:
+def _run_quick(
+    tmp_path: Path, *options: str, messages: int = MESSAGES
+) -> tuple[dict[str, Any], list[str]]:
     """Run ``python -m benchmarks --quick`` with ``options``; return the JSON and stdout."""
     output = tmp_path / "bench.json"
     path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
-    command = [sys.executable, "-m", "benchmarks", "--quick", "--messages", str(MESSAGES)]
+    command = [sys.executable, "-m", "benchmarks", "--quick", "--messages", str(messages)]
     completed = subprocess.run(
         [*command, "--repeats", "1", "--json", str(output), *options],
         cwd=ROOT,
@@ -89,7 +93,7 @@ def _run_quick(tmp_path: Path, *options: str) -> tuple[dict[str, Any], list[str]
     )
     assert completed.returncode == 0, completed.stderr
     document: dict[str, Any] = json.loads(output.read_text())
-    assert document["settings"]["messages"] == MESSAGES
+    assert document["settings"]["messages"] == messages
     assert {"cpu_count", "kernel", "python", "uvloop", "asyncbus"} <= document["machine"].keys()
     return document, completed.stdout.splitlines()
 
@@ -106,7 +110,8 @@ def _check_throughput(cases: dict[str, dict[str, Any]]) -> None:
 
 def test_quick_run_reports_every_udpm_case(tmp_path: Path) -> None:
     require(_loopback_multicast(), "this host does not deliver multicast on lo (no IPv4 on lo?)")
-    document, table = _run_quick(tmp_path, "--transport", "udpm", "--scenario", "throughput")
+    options = ("--transport", "udpm", "--scenario", "throughput", "--size", "64")
+    document, table = _run_quick(tmp_path, *options)
 
     cases = {case["id"]: case for case in document["cases"]}
     assert cases.keys() == UDPM_CASES
@@ -121,6 +126,7 @@ def test_quick_run_reports_every_unix_case(tmp_path: Path) -> None:
     require(_abstract_seqpacket(), "this kernel has no AF_UNIX SOCK_SEQPACKET (Linux >= 2.6.4)")
     options = ("--transport", "unix", "--transport", "seqpacket")
     options += ("--scenario", "throughput", "--scenario", "slow")  # large: its own test
+    options += ("--size", "64")  # other sizes: test_quick_run_covers_every_size
     document, table = _run_quick(tmp_path, *options, "--slow-messages", str(SLOW_MESSAGES))
     assert document["settings"]["slow_messages"] == SLOW_MESSAGES
 
@@ -158,7 +164,9 @@ def test_quick_run_reports_the_large_scenario(tmp_path: Path) -> None:
     assert document["settings"]["large"]["messages"] == {"1MiB": LARGE_MESSAGES}
 
     cases = {case["id"]: case for case in document["cases"]}
-    # Quick mode: per fan-out the stream baseline and each publisher mode once.
+    # Quick mode: per fan-out the stream baseline, each publisher mode once, and pyzmq
+    # on one loop (the other fan-out has the other), when it is installed.
+    zmq = importlib.util.find_spec("zmq") is not None
     for fanout in (1, 4):
         block = [case for case in cases.values() if case["fanout"] == fanout]
         assert {case["id"] for case in block if case["transport"] == "stream"} == {
@@ -166,12 +174,16 @@ def test_quick_run_reports_the_large_scenario(tmp_path: Path) -> None:
         }
         modes = [case["mode"] for case in block if case["implementation"] == "asyncbus"]
         assert sorted(modes) == sorted(LARGE_MODES), block
+        assert len([case for case in block if case["implementation"] == "pyzmq"]) == zmq, block
 
-    assert len(cases) == 8
+    zmq_loops = {case["loop"] for case in cases.values() if case["implementation"] == "pyzmq"}
+    assert zmq_loops == ({"sync", "asyncio"} if zmq else set())
+    assert len(cases) == 8 + 2 * zmq
     for case_id, case in cases.items():
         assert case["size"] == 1 << 20, case_id
+        assert case["scenario"] == "large", case_id
         metrics = case["runs"][0]["metrics"]
-        for rate in (*RATES, "subscriber_gbps", "total_gbps"):
+        for rate in (*RATES, "subscriber_gbps", "total_gbps", "mb_per_sub"):
             assert metrics[rate] > 0, f"{case_id}: {rate} is {metrics[rate]}"
 
         assert metrics["loss"] == 0, f"{case_id}: lost {metrics['loss']:.2%}"
@@ -185,8 +197,8 @@ def test_quick_run_reports_the_large_scenario(tmp_path: Path) -> None:
             segments = metrics["segments_created"] + metrics["segments_reused"]
             assert segments == LARGE_MESSAGES, f"{case_id}: {metrics}"
 
-    assert "### Large payloads, every byte read (GB = 10**9 bytes)" in table
-    rows = [line for line in table if line.startswith(("| stream ", "| asyncbus "))]
+    assert "### Large payloads, every byte read (MB = 10**6 bytes)" in table
+    rows = [line for line in table if line.startswith(("| stream ", "| asyncbus ", "| pyzmq "))]
     assert len(rows) == len(cases), table
 
 
@@ -199,7 +211,7 @@ PEER_CASES = {
 
 def test_quick_run_reports_every_peer_case(tmp_path: Path) -> None:
     require(_loopback_multicast(), "this host does not deliver multicast on lo (no IPv4 on lo?)")
-    document, table = _run_quick(tmp_path, "--scenario", "peers")
+    document, table = _run_quick(tmp_path, "--scenario", "peers", "--size", "64")
     assert {"zmq_hwm", "lcm", "baseline"} <= document["settings"]["peers"].keys()
 
     cases = {case["id"]: case for case in document["cases"]}
@@ -263,3 +275,129 @@ def test_quick_run_reports_every_latency_case(tmp_path: Path) -> None:
     assert "### Round-trip latency, 64-byte payload (us)" in table
     rows = [line for line in table if line.startswith(("| unix", "| seqpacket", "| udpm", "| ipc"))]
     assert len(rows) == len(cases), table
+
+
+SIZED_MESSAGES = 300  # of 1 KiB and 16 KiB: enough for a rate, and quick
+PEER_NAMES = ("raw", "peers-ipc-pyzmq-sync", "peers-ipc-pyzmq-asyncio", "peers-udpm-lcm")
+
+
+def _check_sized(cases: dict[str, dict[str, Any]], sizes: set[int]) -> None:
+    """Every subscriber read every payload it counted, and MB/s is msg/s x size."""
+    assert {case["size"] for case in cases.values()} == sizes
+    for case_id, case in cases.items():
+        (run,) = case["runs"]
+        metrics, median = run["metrics"], case["median"]
+        assert metrics["corrupt"] == 0, f"{case_id}: a payload was not what was sent"
+        for subscriber in run["subscribers"]:
+            # The reader ran over payloads of the case's size, checked every checksum.
+            assert subscriber["counters"]["reader"] == {
+                "size": case["size"],
+                "corrupt": 0,
+                "checked": True,
+            }, case_id
+            assert 0 < subscriber["received"] <= run["publisher"]["sent"], case_id
+
+        for numbers in (metrics, median):
+            expected = numbers["subscriber_rate"] * case["size"] / 1e6
+            assert abs(numbers["mb_per_sub"] - expected) <= 1e-9 * expected, case_id
+            expected = numbers["total_rate"] * case["size"] / 1e6
+            assert abs(numbers["mb_total"] - expected) <= 1e-9 * expected, case_id
+
+
+def test_quick_run_covers_every_size(tmp_path: Path) -> None:
+    require(_abstract_seqpacket(), "this kernel has no AF_UNIX SOCK_SEQPACKET (Linux >= 2.6.4)")
+    options = ("--transport", "unix", "--scenario", "throughput", "--size", "1K")
+    options += ("--size", "16K")
+    document, table = _run_quick(tmp_path, *options, messages=SIZED_MESSAGES)
+    assert document["settings"]["sizes"] == [1024, 16384]
+
+    cases = {case["id"]: case for case in document["cases"]}
+    # --size asks for every system at each size, also in quick mode.
+    assert cases.keys() == {
+        f"unix-{name}-{label}-1to{fanout}"
+        for name in THROUGHPUT_NAMES
+        for label in ("1KiB", "16KiB")
+        for fanout in (1, 4)
+    }
+    for case_id, case in cases.items():
+        assert case["scenario"] == "throughput", case_id
+        metrics = case["runs"][0]["metrics"]
+        # Raw blocking sends, or asyncbus `block` subscriptions: nothing lost, whatever
+        # the size, and the end marker (3 bytes) still ends every subscriber's run.
+        assert metrics["loss"] == 0, f"{case_id}: lost {metrics['loss']:.2%}"
+        assert metrics["end_markers_missed"] == 0, case_id
+        assert case["runs"][0]["publisher"]["sent"] == SIZED_MESSAGES, case_id
+        if case["implementation"] == "asyncbus":
+            assert metrics["unaccounted"] == 0, f"{case_id}: messages vanished silently"
+            assert case["ratio_vs_raw"]["subscriber_rate"] > 0, case_id
+
+    _check_throughput(cases)
+    _check_sized(cases, {1024, 16384})
+    rows = [line for line in table if line.startswith("| unix ")]
+    assert len(rows) == len(cases), table
+    assert any("| 16KiB | 1→4 |" in row for row in rows), rows
+
+
+def test_quick_run_covers_every_size_of_the_peers(tmp_path: Path) -> None:
+    require(_loopback_multicast(), "this host does not deliver multicast on lo (no IPv4 on lo?)")
+    options = ("--scenario", "peers", "--size", "16K")
+    document, table = _run_quick(tmp_path, *options, messages=SIZED_MESSAGES)
+
+    cases = {case["id"]: case for case in document["cases"]}
+    assert cases.keys() == {f"{name}-16KiB-1to{fanout}" for name in PEER_NAMES for fanout in (1, 4)}
+    for case_id, case in cases.items():
+        # The raw udpm loops are the throughput scenario's, shared.
+        expected = "throughput" if case["implementation"] == "raw" else "peers"
+        assert case["scenario"] == expected, case_id
+        if case["implementation"] != "raw":
+            assert case["ratio_vs_raw"]["subscriber_rate"] > 0, case_id
+
+    _check_sized(cases, {16384})
+    rows = [line for line in table if line.startswith(("| raw ", "| pyzmq ", "| lcm "))]
+    assert len(rows) == len(cases), table
+
+
+def test_quick_mode_rotates_the_systems_above_64_bytes() -> None:
+    from benchmarks.cli import select_cases
+
+    every = select_cases(scenarios=("throughput", "peers"))
+    quick = select_cases(scenarios=("throughput", "peers"), every_size=False)
+    assert len({case.id for case in every}) == len(every)  # ids are unique
+    assert {case for case in every if case.size == 64} == {
+        case for case in quick if case.size == 64
+    }
+    assert {case.id for case in every if case.size == 64} >= UDPM_CASES | UNIX_CASES
+    assert set(quick) < set(every)
+    for size in (1024, 16384):
+        for fanout in (1, 4):
+            same = [case for case in quick if case.size == size and case.fanout == fanout]
+            for transport in ("udpm", "unix", "seqpacket"):
+                mine = [case for case in same if case.transport == transport]
+                loops = [case.loop for case in mine if case.implementation == "asyncbus"]
+                assert [case.implementation for case in mine].count("raw") == 1, mine
+                assert len(loops) == 1, mine
+
+            zmq = [case.loop for case in same if case.implementation == "pyzmq"]
+            assert len(zmq) == 1, same
+            assert [case.implementation for case in same].count("lcm") == 1, same
+
+    # Over the blocks, every loop runs somewhere on every transport.
+    for transport in ("udpm", "unix", "seqpacket"):
+        loops = {
+            case.loop
+            for case in quick
+            if case.size != 64 and case.transport == transport and case.loop
+        }
+        assert loops == {"asyncio", "uvloop"}, transport
+
+
+@pytest.mark.parametrize("size", ["3", "5", "64K"], ids=["end-marker", "probe", "two-datagrams"])
+def test_sizes_that_cannot_be_told_apart_or_sent_whole_are_refused(
+    size: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from benchmarks.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["--size", size, "--json", os.devnull])
+
+    assert "--size" in capsys.readouterr().err
