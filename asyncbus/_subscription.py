@@ -45,6 +45,7 @@ __all__ = ["OverflowPolicy", "Subscription", "SubscriptionStatistics"]
 
 DEFAULT_MAXSIZE: Final = 1024  # messages per subscription queue
 _CACHE_LIMIT: Final = 4096  # distinct topics remembered by the router's match cache
+_time: Final = time.time  # a global name, not an attribute lookup, per message
 
 
 class OverflowPolicy(enum.StrEnum):
@@ -105,6 +106,7 @@ class _Inbox:
     """The queue behind a subscription (internal)."""
 
     __slots__ = (
+        "blocking",
         "delivered",
         "dropped",
         "ended",
@@ -113,6 +115,7 @@ class _Inbox:
         "policy",
         "queue",
         "received",
+        "room",
         "router",
         "space_waiters",
         "waiter",
@@ -124,6 +127,10 @@ class _Inbox:
         self.pattern = pattern
         self.maxsize = maxsize
         self.policy = policy
+        # Below this many queued, an arriving message needs none of put()'s decisions:
+        # no policy applies, and a ``block`` queue does not fill up with it.
+        self.room = maxsize - 1 if policy is OverflowPolicy.BLOCK else maxsize
+        self.blocking = False  # in the router's blocked set: take() may unblock it
         self.router: _Router | None = router
         self.queue: collections.deque[Message] = collections.deque()
         self.waiter: asyncio.Future[None] | None = None
@@ -156,25 +163,29 @@ class _Inbox:
             waiter.set_result(None)
 
     def take(self) -> Message:
-        queue = self.queue
-        message = queue.popleft()
+        message = self.queue.popleft()
         self.received += 1
-        if self.policy is OverflowPolicy.BLOCK:
-            # A waiting local publisher needs one free slot; the socket is resumed only
-            # at half, so that reading does not flap on and off with every message.
-            if len(queue) < self.maxsize:
-                # Skip waiters whose publish() was cancelled: the room must go to a live one.
-                waiters = self.space_waiters
-                while waiters:
-                    waiter = waiters.popleft()
-                    if not waiter.done():
-                        waiter.set_result(None)
-                        break
-
-            if len(queue) <= self.maxsize // 2 and self.router is not None:
-                self.router.unblock(self)
+        if self.blocking or self.space_waiters:  # only ever so with the ``block`` policy
+            self.made_room()
 
         return message
+
+    def made_room(self) -> None:
+        """After a take from a ``block`` queue: wake a local publisher, resume the socket."""
+        queue = self.queue
+        # A waiting local publisher needs one free slot; the socket is resumed only
+        # at half, so that reading does not flap on and off with every message.
+        if len(queue) < self.maxsize:
+            # Skip waiters whose publish() was cancelled: the room must go to a live one.
+            waiters = self.space_waiters
+            while waiters:
+                waiter = waiters.popleft()
+                if not waiter.done():
+                    waiter.set_result(None)
+                    break
+
+        if self.blocking and len(queue) <= self.maxsize // 2 and self.router is not None:
+            self.router.unblock(self)
 
     def end(self, ended: _Ended) -> None:
         if self.ended is None:
@@ -288,7 +299,10 @@ class _Router:
         with its own: the first gets these, the others duplicates, so each has
         one owner. Nobody wanting it closes them.
         """
-        inboxes = self.match(topic)
+        inboxes = self._cache.get(topic)
+        if inboxes is None:
+            inboxes = self.match(topic)
+
         if not inboxes:
             self.unmatched += 1
             if resources is not None:
@@ -297,9 +311,19 @@ class _Router:
             return
 
         if resources is None:
-            message = Message(topic, data, seq, sender, time.time())
+            message = Message(topic, data, seq, sender, _time())
             for inbox in inboxes:
-                inbox.put(message)
+                # put(), inlined for a queue with room: the case of almost every message.
+                queue = inbox.queue
+                queued = len(queue)
+                if queued < inbox.room:
+                    queue.append(message)
+                    inbox.delivered += 1
+                    # Only an empty queue can have a receiver waiting (it waits for one).
+                    if not queued and inbox.waiter is not None and not inbox.waiter.done():
+                        inbox.waiter.set_result(None)
+                else:
+                    inbox.put(message)
 
             return
 
@@ -361,10 +385,12 @@ class _Router:
             self._set_blocked(True)
 
         self._blocked.add(inbox)
+        inbox.blocking = True
 
     def unblock(self, inbox: _Inbox) -> None:
         if inbox in self._blocked:
             self._blocked.discard(inbox)
+            inbox.blocking = False
             if not self._blocked:
                 self._set_blocked(False)
 
@@ -467,10 +493,15 @@ class Subscription(ObjectReceiveStream[Message]):
         return inbox.take()
 
     async def __anext__(self) -> Message:
-        # Fast path for a backlog: no extra coroutine for receive().
+        # Fast path for a backlog: take(), inlined, and no coroutine for receive().
         inbox = self._inbox
         if inbox is not None and inbox.queue:
-            return inbox.take()
+            message = inbox.queue.popleft()
+            inbox.received += 1
+            if inbox.blocking or inbox.space_waiters:
+                inbox.made_room()
+
+            return message
 
         try:
             return await self.receive()
