@@ -80,10 +80,11 @@ def _run_quick(
 ) -> tuple[dict[str, Any], list[str]]:
     """Run ``python -m benchmarks --quick`` with ``options``; return the JSON and stdout."""
     output = tmp_path / "bench.json"
+    plots = ("--plots", str(tmp_path / "plots"))  # not into the source tree
     path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
     command = [sys.executable, "-m", "benchmarks", "--quick", "--messages", str(messages)]
     completed = subprocess.run(
-        [*command, "--repeats", "1", "--json", str(output), *options],
+        [*command, "--repeats", "1", "--json", str(output), *plots, *options],
         cwd=ROOT,
         env={**os.environ, "PYTHONPATH": path},
         capture_output=True,
@@ -401,3 +402,200 @@ def test_sizes_that_cannot_be_told_apart_or_sent_whole_are_refused(
         main(["--size", size, "--json", os.devnull])
 
     assert "--size" in capsys.readouterr().err
+
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+THROUGHPUT_PLOTS = {"throughput.png", "throughput_mb.png", "targets.png"}
+EVERY_PLOT = THROUGHPUT_PLOTS | {"large.png", "latency.png"}
+MiB = 1 << 20
+
+
+def _require_matplotlib() -> None:
+    found = importlib.util.find_spec("matplotlib") is not None
+    require(found, "no matplotlib: pip install -e '.[test]' (or pip install matplotlib)")
+
+
+def _check_pngs(directory: Path, names: set[str]) -> None:
+    """Every plot is there, a PNG file (by its signature), and not empty."""
+    assert {path.name for path in directory.iterdir()} == names
+    for name in names:
+        data = (directory / name).read_bytes()
+        assert data.startswith(PNG_SIGNATURE), name
+        assert len(data) > len(PNG_SIGNATURE), name
+
+
+def test_quick_run_draws_plots_and_prints_targets(tmp_path: Path) -> None:
+    require(_abstract_seqpacket(), "this kernel has no AF_UNIX SOCK_SEQPACKET (Linux >= 2.6.4)")
+    _require_matplotlib()
+    from benchmarks import report
+
+    options = ("--transport", "unix", "--scenario", "throughput")
+    document, table = _run_quick(tmp_path, *options)
+    _check_pngs(tmp_path / "plots", THROUGHPUT_PLOTS)
+
+    assert "### Targets (ratios of medians, same run)" in table
+    rows = [line for line in table if line.startswith("| T")]
+    assert len(rows) == len(report.targets(document)), table
+
+    # The same plots again from the JSON alone, without running anything.
+    redrawn = tmp_path / "redrawn"
+    completed = subprocess.run(
+        [sys.executable, "-m", "benchmarks.plots", str(tmp_path / "bench.json"), str(redrawn)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stderr
+    _check_pngs(redrawn, THROUGHPUT_PLOTS)
+
+
+def _case(
+    case_id: str,
+    implementation: str,
+    transport: str,
+    fanout: int,
+    rate: float,
+    loop: str | None = None,
+    lost: float = 0.0,
+    size: int | None = None,
+) -> dict[str, Any]:
+    """A case object as the JSON has it, with only the metrics the targets read."""
+    median = {"subscriber_rate": rate, "lost": lost, "loss": lost / 1000}
+    if size is not None:
+        median["subscriber_gbps"] = rate * size / 1e9
+
+    return {
+        "id": case_id,
+        "implementation": implementation,
+        "loop": loop,
+        "fanout": fanout,
+        "transport": transport,
+        "slow": False,
+        "size": size,
+        "mode": "loan_copy" if size is not None and implementation == "asyncbus" else None,
+        "median": median,
+    }
+
+
+def _latency(system: str, transport: str, loop: str | None, p50: float) -> dict[str, Any]:
+    median = {"rtt_p50_us": p50, "rtt_p99_us": 3 * p50, "rtt_mean_us": p50}
+    median |= {"rtt_min_us": p50 / 2, "rtt_max_us": 9 * p50}
+    case_id = f"latency-{transport}-{system}-{loop}"
+    return {"id": case_id, "system": system, "transport": transport, "loop": loop, "median": median}
+
+
+def _synthetic_document(with_scenarios: bool) -> dict[str, Any]:
+    """Known rates: the targets' ratios below follow from them.
+
+    ``with_scenarios``: every case has ``scenario`` and ``size`` (the newer JSON);
+    without, ``size`` is ``None`` outside the large scenario (the first JSON).
+    """
+    cases = [
+        _case("unix-raw-1to1", "raw", "unix", 1, 200_000),
+        _case("unix-asyncbus-uvloop-1to1", "asyncbus", "unix", 1, 150_000, "uvloop"),
+        # Faster, but it lost messages: not a candidate for T1-T3.
+        _case("seqpacket-asyncbus-uvloop-1to1", "asyncbus", "seqpacket", 1, 300_000, "uvloop", 5),
+        _case("peers-ipc-pyzmq-asyncio-1to1", "pyzmq", "ipc", 1, 20_000, "asyncio", 700),
+        _case("raw-1to1", "raw", "udpm", 1, 100_000),
+        _case("asyncbus-asyncio-1to1", "asyncbus", "udpm", 1, 95_000, "asyncio"),
+        _case("raw-1to4", "raw", "udpm", 4, 50_000),
+        _case("unix-asyncbus-asyncio-1to4", "asyncbus", "unix", 4, 40_000, "asyncio"),
+        _case("large-stream-raw-1MiB-1to1", "raw", "stream", 1, 1_000, size=MiB),
+        _case(
+            "large-unix-asyncbus-uvloop-loan_copy-1MiB-1to1",
+            "asyncbus",
+            "unix",
+            1,
+            2_500,
+            "uvloop",
+            size=MiB,
+        ),
+    ]
+    if with_scenarios:
+        for case in cases:
+            large = case["size"] is not None
+            case["scenario"] = "large" if large else "throughput"
+            case["size"] = case["size"] or 64
+            case["median"]["mb_per_sub"] = case["median"]["subscriber_rate"] * case["size"] / 1e6
+
+    latency = [
+        _latency("raw", "unix", None, 10.0),
+        _latency("asyncbus", "unix", "asyncio", 25.0),
+        _latency("asyncbus", "unix", "uvloop", 15.0),
+        _latency("asyncbus", "seqpacket", "uvloop", 15.0),  # no raw seqpacket: not measured
+    ]
+    settings = {"mode": "quick", "repeats": 1, "payload_size": 64}
+    return {"settings": settings, "cases": cases, "latency": latency}
+
+
+@pytest.mark.parametrize("with_scenarios", [False, True], ids=["first-json", "sized-json"])
+def test_targets_arithmetic(with_scenarios: bool) -> None:
+    from benchmarks import report
+
+    found = report.targets(_synthetic_document(with_scenarios))
+    checks = {(row["target"], index): row for index, row in enumerate(found)}
+    expected = [
+        ("T1", 0.75, True),  # 150,000 / 200,000 (the lossy 300,000 is not a candidate)
+        ("T1", 7.5, True),  # 150,000 / 20,000
+        ("T2", 0.15, False),  # 150,000 / 1,000,000
+        ("T3", 0.8, False),  # 40,000 / 50,000
+        ("T4", 0.95, True),  # udpm asyncio 1->1: 95,000 / 100,000
+        ("T4", None, None),  # udpm uvloop 1->1: absent
+        ("T4", None, None),  # 1->4: absent
+        ("T4", None, None),
+        ("T5", 2.5, True),  # 2,500 / 1,000
+        ("T5", None, None),  # 1->4: absent
+        ("T6", 1.5, True),  # unix: best loop uvloop, 15 / 10
+        ("T6", None, None),  # seqpacket: no raw loop
+        ("T6", None, None),  # udpm: absent
+    ]
+    assert [(row["target"], row["measured"] is None) for row in found] == [
+        (name, ratio is None) for name, ratio, _ in expected
+    ]
+    for (name, index), row in checks.items():
+        _, ratio, met = expected[index]
+        assert row["met"] is met, (name, row)
+        if ratio is None:
+            assert row["status"] == "not measured", (name, row)
+        else:
+            assert row["measured"] == pytest.approx(ratio), (name, row)
+            assert row["status"] == ("met" if met else "not met"), (name, row)
+
+    assert found[0]["inputs"][0]["id"] == "unix-asyncbus-uvloop-1to1"
+    table = report.targets_markdown(_synthetic_document(with_scenarios))
+    assert (
+        "| T1 | fastest asyncbus AF_UNIX, 64 B 1→1, vs the raw AF_UNIX datagram loop | 0.75x"
+        in table
+    )
+    assert table.count("| not measured |") == 6
+
+
+def test_targets_without_cases_are_not_measured() -> None:
+    from benchmarks import report
+
+    found = report.targets({"cases": []})
+    assert found
+    assert {row["status"] for row in found} == {"not measured"}
+    assert all(row["met"] is None and row["measured"] is None for row in found)
+
+
+@pytest.mark.parametrize("with_scenarios", [False, True], ids=["first-json", "sized-json"])
+def test_every_plot_from_a_synthetic_document(tmp_path: Path, with_scenarios: bool) -> None:
+    _require_matplotlib()
+    source = tmp_path / "synthetic.json"
+    source.write_text(json.dumps(_synthetic_document(with_scenarios)))
+    # In a process of its own: matplotlib keeps its font files open for the next plot,
+    # which this test process's file-descriptor check would call a leak.
+    completed = subprocess.run(
+        [sys.executable, "-m", "benchmarks.plots", str(source), str(tmp_path / "plots")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stderr
+    assert {Path(line).name for line in completed.stdout.split()} == EVERY_PLOT
+    _check_pngs(tmp_path / "plots", EVERY_PLOT)
