@@ -33,6 +33,10 @@ class MessageReceiver:
         self._reassembler = Reassembler(max_message_size=max_message_size)
         self._max_message_size = max_message_size
         self._sequences = SequenceTracker()
+        # Hot-path shortcuts, bound once (see receive_lcm).
+        self._decode_short = self._decoder.decode_short
+        self._last_seq = self._sequences.last
+        self._dispatch = router.dispatch
         self._expiry: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         # Made at connection_made, resolved at connection_lost with what broke it.
@@ -51,6 +55,28 @@ class MessageReceiver:
         ``resources`` (fds that came with the frame) go with the message, or
         are closed if the frame is dropped.
         """
+        if resources is None:
+            # The hot path: a short message on a known channel, in order, and
+            # deliver() inlined. Anything else takes the general path below.
+            short = self._decode_short(frame)
+            if short is not None:
+                topic, seq, data = short
+                if len(data) <= self._max_message_size:
+                    last = self._last_seq.get(source)
+                    if last is not None and seq - last == 1:
+                        self._last_seq[source] = seq  # what observe() does in order
+                    else:
+                        self._sequences.observe(source, seq)
+
+                    self.received += 1
+                    self._dispatch(topic, data, seq, sender, None)
+                    return
+
+        self._receive_frame(frame, source, sender, resources)
+
+    def _receive_frame(
+        self, frame: bytes, source: Hashable, sender: Sender, resources: _Resources | None
+    ) -> None:
         try:
             message = self._decoder.decode(frame)
         except RemoteProtocolError:

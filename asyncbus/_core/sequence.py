@@ -86,6 +86,16 @@ class SequenceTracker:
         self._reordered = 0
         self._restarts = 0
 
+    @property
+    def last(self) -> dict[Hashable, int]:
+        """Each known sender's highest number so far: the tracker's own dict, not a copy.
+
+        For a receive hot path: when ``seq == last[sender] + 1`` (in order, no wrap),
+        setting ``last[sender] = seq`` is all `observe` would do. Anything else,
+        including a sender not in it, goes through `observe`.
+        """
+        return self._last
+
     def observe(self, sender: Hashable, seq: int) -> int:
         """Record one message's sequence number.
 

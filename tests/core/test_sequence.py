@@ -246,3 +246,21 @@ class TestAnySequence:
             snapshot.gaps = 1  # type: ignore[misc]
 
         assert not hasattr(snapshot, "__dict__")
+
+    @settings(deadline=None, derandomize=True, max_examples=200)
+    @given(st.lists(st.tuples(st.sampled_from([A, B, C]), st.integers(0, WRAP - 1)), max_size=50))
+    def test_in_order_shortcut_through_last_is_observe(
+        self, observations: list[tuple[object, int]]
+    ) -> None:
+        # What MessageReceiver.receive_lcm does on its hot path.
+        observed, shortcut = SequenceTracker(max_senders=2), SequenceTracker(max_senders=2)
+        for sender, seq in [*observations, *((s, (q + 1) % WRAP) for s, q in observations)]:
+            observed.observe(sender, seq)
+            last = shortcut.last.get(sender)
+            if last is not None and seq - last == 1:
+                shortcut.last[sender] = seq
+            else:
+                shortcut.observe(sender, seq)
+
+            assert shortcut.statistics() == observed.statistics()
+            assert shortcut.last == observed.last
