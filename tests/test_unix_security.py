@@ -897,7 +897,7 @@ class TestWireOrder:
                 assert bus.sender is not None
                 (hello,) = drain(raw)  # it found us at join
                 assert decode_control(hello) == Hello(
-                    ("\0" + bus.sender.address[1:]).encode(), reply=True, fds=True
+                    ("\0" + bus.sender.address[1:]).encode(), reply=True, fds=True, batch=True
                 )
                 # Answer like a member: HELLO, then SUBSCRIBE (every topic).
                 link.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)

@@ -46,7 +46,9 @@ from .._core.unixwire import (
     encode_release,
     encode_segment,
     encode_subscriptions,
+    is_batch,
     is_control,
+    split_batch,
 )
 from .._core.url import UNIXAddress
 from .._exceptions import ClosedError, LocalProtocolError, RemoteProtocolError
@@ -127,6 +129,7 @@ class UNIXMemberProtocol(MessageReceiver):
         self.errors = 0
         self.fd_drops = 0
         self.bad_segments = 0
+        self.batches = 0  # BATCH frames received
         self.writing_paused = False
         self._segments = SegmentSender(limit=bus.segment_memory, keep=bus.segment_cache)
         self._releases: dict[bytes, list[int]] = {}  # loans to release, per publisher
@@ -139,7 +142,7 @@ class UNIXMemberProtocol(MessageReceiver):
         self._transport = transport
         own = transport.get_extra_info("sockname")
         self._membership = Membership(own)
-        self._own_hello = encode_hello(own, reply=False, fds=True)
+        self._own_hello = encode_hello(own, reply=False, fds=True, batch=True)
         self._closed = self._loop.create_future()
         self._subscribe_frame = self._encode_interests()
 
@@ -173,11 +176,32 @@ class UNIXMemberProtocol(MessageReceiver):
 
             return
 
-        if frame[:4] != _SHORT_PREFIX and is_control(frame):
-            self._control_received(frame, source)
-            return
+        if frame[:4] != _SHORT_PREFIX:
+            if is_batch(frame):
+                self._batch_received(frame, source, sender)
+                return
+
+            if is_control(frame):
+                self._control_received(frame, source)
+                return
 
         self.receive_lcm(frame, source, sender)
+
+    def _batch_received(self, frame: bytes, source: Hashable, sender: Sender) -> None:
+        """Handle each frame of a BATCH as if it had come alone."""
+        try:
+            frames = split_batch(frame)
+        except RemoteProtocolError:
+            self.malformed += 1
+            return
+
+        self.batches += 1
+        receive = self.receive_lcm
+        for inner in frames:
+            if inner[:4] != _SHORT_PREFIX and is_control(inner):
+                self._control_received(inner, source)
+            else:
+                receive(inner, source, sender)
 
     def source_closed(self, source: Hashable) -> None:
         peer = self._membership.peer_of(source)
@@ -192,15 +216,19 @@ class UNIXMemberProtocol(MessageReceiver):
             # Our link to it still works, so it is alive: it gave up on us (we did
             # not answer in time) and closed its link. Greet it again; it answers.
             transport.send(
-                peer.address, encode_hello(self._membership.own_address, reply=True, fds=True)
+                peer.address,
+                encode_hello(self._membership.own_address, reply=True, fds=True, batch=True),
             )
             return
 
         self._lose(peer.address, lost=True)  # its death ended our link first
 
     def link_drained(self, address: bytes, queued: int) -> None:
+        peer = self._membership.peers.get(address)
+        if peer is not None:
+            peer.queued = queued
+
         if queued < self._bus.peer_queue:
-            peer = self._membership.peers.get(address)
             if peer is not None:
                 peer.stalled = False
 
@@ -405,6 +433,7 @@ class UNIXMemberProtocol(MessageReceiver):
                 self._lose(address, lost=True)
                 return
 
+        transport.set_batching(address, hello.batch)
         if actions.send_hello:
             transport.send(address, self._own_hello)
 
@@ -459,7 +488,7 @@ class UNIXMemberProtocol(MessageReceiver):
         """
         transport = self._transport
         assert transport is not None and self._loop is not None
-        hello = encode_hello(transport.get_extra_info("sockname"), reply=True, fds=True)
+        hello = encode_hello(transport.get_extra_info("sockname"), reply=True, fds=True, batch=True)
         for address in transport.discover():
             try:
                 transport.open_link(address)
@@ -664,6 +693,42 @@ class UNIXMemberProtocol(MessageReceiver):
             if outgoing is not None:
                 outgoing.drop()  # ours; each frame holds its own reference until sent
 
+    def publish_frame(self, channel: bytes, topic: str, data: bytes) -> bool | None:
+        """Send a small message to every peer that wants it, if none is at its queue bound.
+
+        The lean path of `publish` for what most messages are: bytes that fit one
+        frame, no fds. It never waits and never drops.
+
+        :return: ``None`` if `publish` must handle it (too large, or a peer's
+            queue may be full: its policy applies); else whether to let the
+            loop run (as `publish` says).
+        """
+        size = len(data)
+        if size > self._max_message_size or len(channel) + size > lcm.MAX_SHORT_PAYLOAD:
+            return None
+
+        targets = self._membership.targets(topic)
+        bound = self._bus.peer_queue
+        for peer, _ in targets:
+            if peer.queued >= bound:  # perhaps no longer: publish asks the transport
+                return None
+
+        transport = self._transport
+        assert transport is not None
+        send = transport.send_frame
+        body = channel + data
+        pack = _SHORT_HEADER.pack
+        backlog = self.writing_paused
+        backlog_at = self._backlog_at
+        for peer, _ in targets:
+            seq = peer.seq
+            peer.seq = (seq + 1) & 0xFFFFFFFF
+            queued = peer.queued = send(peer.address, pack(_SHORT_MAGIC, seq) + body)
+            if queued >= backlog_at:
+                backlog = True
+
+        return backlog
+
     def probe_peers(self) -> None:
         """Greet every peer (a HELLO asks for nothing): a send to a dead one fails.
 
@@ -737,6 +802,8 @@ class UNIXMemberProtocol(MessageReceiver):
             else:
                 frames = lcm.encode(channel, seq, data, max_message_size=self._max_message_size)
                 transport.send(address, frames)
+
+            peer.queued = transport.queued(address)
 
         if blocked is not None:
             await self._wait_room(blocked)
@@ -831,6 +898,9 @@ class UNIXMemberProtocol(MessageReceiver):
         pool = self._segments.statistics()
         counters["segments_created"] = pool.created
         counters["segments_reused"] = pool.reused
+        counters["batches_sent"] = transport.batches if transport is not None else 0
+        counters["batched"] = transport.batched if transport is not None else 0
+        counters["batches_received"] = self.batches
         return counters
 
 

@@ -62,13 +62,16 @@ class Peer:
     :ivar seq: the sequence number of the next message for it.
     :ivar stalled: a ``publish()`` gave up waiting for it; drop for it until it drains.
     :ivar fds: its HELLO said it takes file descriptors and SEGMENT frames.
+    :ivar queued: how many messages waited for it after the last send (the
+        transport's count then; it only shrinks until the next send).
     """
 
-    __slots__ = ("address", "fds", "interest", "seq", "stalled", "verified")
+    __slots__ = ("address", "fds", "interest", "queued", "seq", "stalled", "verified")
 
     def __init__(self, address: bytes) -> None:
         self.address = address
         self.fds = False
+        self.queued = 0
         self.verified = False
         self.interest = Interest()
         self.seq = 0

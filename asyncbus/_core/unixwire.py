@@ -12,12 +12,13 @@ this module is its implementation. All integers are big-endian::
     BYE        u32 0x41424259 "ABBY"
     SEGMENT    u32 0x41425347 "ABSG" | u32 seq | u32 loan | u64 size | channel NUL
     RELEASE    u32 0x4142524c "ABRL" | u16 count | count x u32 loan
+    BATCH      u32 0x41424254 "ABBT" | count x (u16 n | n bytes frame)
 
 HELLO's address is the ``sun_path`` of the member's receiving socket, exactly
 as bound (an abstract address starts with a NUL byte). Flag bit 0 (`REPLY`)
 asks the receiver to answer with a HELLO of its own; flag bit 1 (`FDS`) says
 the sender accepts file descriptors (``SCM_RIGHTS``) on message frames and
-SEGMENT frames. Bytes after the address
+SEGMENT frames; flag bit 2 (`BATCH`) says it accepts BATCH frames. Bytes after the address
 are reserved: receivers ignore them, so a later version can append fields.
 
 SUBSCRIBE replaces the sender's whole subscription set. ``kind`` is
@@ -31,6 +32,14 @@ SEGMENT is a message whose payload is not in the frame: it is the first
 names this publication of the segment. A receiver that no longer reads it
 sends RELEASE with that loan number to the publisher, which may then write
 the next message into the same memfd.
+
+BATCH carries several frames in one datagram or record, to a member whose
+HELLO had the `BATCH` flag; a publisher coalesces the frames it has queued
+for a peer when it produces faster than it can send them one by one. Each
+inner frame is handled as if it had arrived alone, in order, from the same
+sender. An inner frame is never empty, never a BATCH and never a SEGMENT (a
+SEGMENT needs its memfd); the whole BATCH is at most `MAX_CONTROL_FRAME`
+bytes. A receiver drops a malformed BATCH whole.
 """
 
 from __future__ import annotations
@@ -46,6 +55,8 @@ from .._exceptions import LocalProtocolError, RemoteProtocolError
 from .lcm import decode_channel
 
 __all__ = [
+    "BATCH",
+    "BATCH_MAGIC",
     "FDS",
     "MAX_CONTROL_FRAME",
     "MAX_RELEASES",
@@ -62,12 +73,15 @@ __all__ = [
     "SubscriptionEntry",
     "Subscriptions",
     "decode_control",
+    "encode_batch",
     "encode_bye",
     "encode_hello",
     "encode_release",
     "encode_segment",
     "encode_subscriptions",
+    "is_batch",
     "is_control",
+    "split_batch",
 ]
 
 
@@ -114,6 +128,8 @@ class PeerPolicy(IntEnum):
 PROTOCOL_VERSION: Final = 1
 REPLY: Final = 0x01  # HELLO flag: answer with a HELLO
 FDS: Final = 0x02  # HELLO flag: the sender takes SCM_RIGHTS and SEGMENT frames
+BATCH: Final = 0x04  # HELLO flag: the sender takes BATCH frames
+BATCH_MAGIC: Final = 0x41424254  # b"ABBT": not a ControlMagic, it holds other frames
 MAX_RELEASES: Final = 4096  # loans in one RELEASE frame (16 KiB: fits every buffer)
 MAX_CONTROL_FRAME: Final = 65_507  # the LCM datagram size: every frame fits any member's buffer
 _HELLO: Final = struct.Struct(">IBBH")
@@ -123,6 +139,10 @@ _MAGIC: Final = struct.Struct(">I")
 _SEGMENT: Final = struct.Struct(">IIIQ")
 _RELEASE: Final = struct.Struct(">IH")
 _CONTROL_PREFIXES: Final = frozenset(m.to_bytes(4, "big") for m in ControlMagic)
+_BATCH_PREFIX: Final = BATCH_MAGIC.to_bytes(4, "big")
+_SEGMENT_PREFIX: Final = ControlMagic.SEGMENT.to_bytes(4, "big")
+_LENGTH: Final = struct.Struct(">H")
+_NOT_BATCHED: Final = frozenset({_BATCH_PREFIX, _SEGMENT_PREFIX})
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,11 +152,13 @@ class Hello:
     :ivar address: the ``sun_path`` of its receiving socket.
     :ivar reply: it asks for a HELLO back.
     :ivar fds: it accepts file descriptors and SEGMENT frames.
+    :ivar batch: it accepts BATCH frames.
     """
 
     address: bytes
     reply: bool
     fds: bool = False
+    batch: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,19 +216,20 @@ class Release:
     loans: tuple[int, ...]
 
 
-def encode_hello(address: bytes, *, reply: bool, fds: bool = False) -> bytes:
+def encode_hello(address: bytes, *, reply: bool, fds: bool = False, batch: bool = False) -> bytes:
     """Encode a HELLO frame.
 
     :param address: this member's receiving ``sun_path``.
     :param reply: ask the receiver to answer.
     :param fds: say this member accepts file descriptors and SEGMENT frames.
+    :param batch: say this member accepts BATCH frames.
     :return: the frame.
     :raises LocalProtocolError: if the address is empty or longer than 108 bytes.
     """
     if not 0 < len(address) <= 108:  # sizeof(sockaddr_un.sun_path)
         raise LocalProtocolError(f"a member address has 1 to 108 bytes, not {len(address)}")
 
-    flags = (REPLY if reply else 0) | (FDS if fds else 0)
+    flags = (REPLY if reply else 0) | (FDS if fds else 0) | (BATCH if batch else 0)
     return _HELLO.pack(ControlMagic.HELLO, PROTOCOL_VERSION, flags, len(address)) + address
 
 
@@ -287,6 +310,83 @@ def encode_bye() -> bytes:
     return _MAGIC.pack(ControlMagic.BYE)
 
 
+def encode_batch(frames: list[bytes] | tuple[bytes, ...]) -> bytes:
+    """Encode a BATCH frame holding ``frames``, in order.
+
+    :param frames: message or control frames, none empty, none a BATCH or SEGMENT.
+    :return: the frame.
+    :raises LocalProtocolError: if a frame cannot go in a batch, or they do not
+        fit one (`MAX_CONTROL_FRAME` bytes in all).
+    """
+    parts = [_BATCH_PREFIX]
+    size = 4
+    pack = _LENGTH.pack
+    for frame in frames:
+        prefix = frame[:4]
+        if not frame or prefix in _NOT_BATCHED:
+            raise LocalProtocolError(f"a frame starting {prefix!r} cannot go in a BATCH")
+
+        size += 2 + len(frame)
+        if size > MAX_CONTROL_FRAME:
+            raise LocalProtocolError(
+                f"these frames need at least {size} bytes; a BATCH holds {MAX_CONTROL_FRAME}"
+            )
+
+        parts.append(pack(len(frame)))
+        parts.append(frame)
+
+    return b"".join(parts)
+
+
+def is_batch(frame: bytes) -> bool:
+    """Tell whether a frame is a BATCH (by its magic).
+
+    :param frame: a received frame.
+    :return: ``True`` for a BATCH.
+    """
+    return frame[:4] == _BATCH_PREFIX
+
+
+def split_batch(frame: bytes) -> list[bytes]:
+    """Return the frames in a BATCH, in order.
+
+    :param frame: a received frame whose magic is `BATCH_MAGIC`.
+    :return: the inner frames (at least one).
+    :raises RemoteProtocolError: for anything malformed (the whole BATCH is);
+        never any other exception.
+    """
+    if frame[:4] != _BATCH_PREFIX:
+        raise RemoteProtocolError(f"not a BATCH frame (starts {frame[:4]!r})")
+
+    end = len(frame)
+    if end > MAX_CONTROL_FRAME:
+        raise RemoteProtocolError(f"BATCH of {end} bytes; at most {MAX_CONTROL_FRAME}")
+
+    frames: list[bytes] = []
+    append = frames.append
+    offset = 4
+    while offset < end:
+        if offset + 2 > end:
+            raise RemoteProtocolError("BATCH ends inside a length")
+
+        start = offset + 2
+        offset = start + ((frame[offset] << 8) | frame[offset + 1])
+        if offset > end or offset == start:
+            raise RemoteProtocolError("BATCH holds an empty or cut frame")
+
+        inner = frame[start:offset]
+        prefix = inner[:4]
+        if prefix in _NOT_BATCHED:
+            raise RemoteProtocolError(f"BATCH holds a frame starting {prefix!r}")
+
+        append(inner)
+
+    if not frames:
+        raise RemoteProtocolError("BATCH holds no frame")
+
+    return frames
+
+
 def is_control(frame: bytes) -> bool:
     """Tell whether a frame is a control frame (by its magic).
 
@@ -319,7 +419,7 @@ def decode_control(frame: bytes) -> Hello | Subscriptions | Bye | Segment | Rele
         if not 0 < size <= 108 or len(address) != size:
             raise RemoteProtocolError(f"HELLO address of {size} bytes is impossible")
 
-        return Hello(bytes(address), bool(flags & REPLY), bool(flags & FDS))
+        return Hello(bytes(address), bool(flags & REPLY), bool(flags & FDS), bool(flags & BATCH))
 
     if magic == ControlMagic.SUBSCRIBE:
         return _decode_subscriptions(frame)

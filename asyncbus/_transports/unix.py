@@ -41,6 +41,7 @@ import warnings
 from collections.abc import Callable, Hashable
 from typing import Any, Final, Protocol
 
+from .._core.unixwire import MAX_CONTROL_FRAME, encode_batch
 from .._core.url import UNIXAddress
 from .._exceptions import BusPermissionError
 
@@ -64,6 +65,9 @@ _FDS_SPACE: Final = socket.CMSG_SPACE(MAX_FDS * 4)  # room for the most a sender
 _CMSG_CLOEXEC: Final = int(socket.MSG_CMSG_CLOEXEC)  # received fds are close-on-exec
 _MSG_CTRUNC: Final = int(socket.MSG_CTRUNC)
 _MAX_FRAME: Final = 65_536  # every frame we send is at most an LCM datagram (65,507 bytes)
+# A BATCH is built from what is queued for a peer, up to this many bytes (the
+# receivers' limit is MAX_CONTROL_FRAME).
+BATCH_BYTES: Final = 16 * 1024
 _READ_BUDGET: Final = 256  # frames read per wakeup before other callbacks get a turn
 _ACCEPT_BUDGET: Final = 64  # connections accepted per wakeup
 _LISTEN_BACKLOG: Final = 4096  # joiners connect to every member at once
@@ -369,7 +373,7 @@ def _credentials(sock: socket.socket) -> Credentials:
 class _Link:
     """One peer: the socket connected to its receiving socket, and a write queue."""
 
-    __slots__ = ("address", "fd", "queue", "size", "sock", "writing")
+    __slots__ = ("address", "batch", "corked", "fd", "queue", "size", "sock", "writing")
 
     def __init__(self, address: bytes, sock: socket.socket) -> None:
         self.address = address
@@ -379,6 +383,8 @@ class _Link:
         self.queue: collections.deque[Frames] = collections.deque()
         self.size = 0  # bytes in the queue
         self.writing = False
+        self.batch = False  # the peer takes BATCH frames
+        self.corked = False  # a frame went out this loop turn: queue the next ones
 
 
 class _UNIXBusTransport(asyncio.BaseTransport):
@@ -412,6 +418,11 @@ class _UNIXBusTransport(asyncio.BaseTransport):
         self._closing = False
         self._made = False
         self._reaping: dict[bytes, asyncio.TimerHandle] = {}
+        self._corked: list[_Link] = []  # links to flush at the end of this loop turn
+        self._uncork: asyncio.Handle | None = None
+        self._batch_bytes = BATCH_BYTES
+        self.batches = 0  # BATCH frames sent
+        self.batched = 0  # frames sent in them
         self._extra: dict[str, Any] = {"sockname": address, "socket": sock}
         self._view = memoryview(bytearray(_MAX_FRAME))  # every frame is read into it
         self.received = 0
@@ -537,6 +548,11 @@ class _UNIXBusTransport(asyncio.BaseTransport):
                 os.unlink(self._address)
 
         self._stop_reading()
+        if self._uncork is not None:
+            self._uncork.cancel()
+            self._uncork = None
+
+        self._corked.clear()
         for handle in self._reaping.values():
             handle.cancel()
 
@@ -665,6 +681,13 @@ class _UNIXBusTransport(asyncio.BaseTransport):
             return True
 
         if type(message) is bytes:
+            if link.corked:
+                # A frame went out to this peer this loop turn: gather the next
+                # ones, to go out together when the turn ends (coalescing with
+                # no wait: the first frame of a turn is never held back).
+                self._enqueue(link, message)
+                return True
+
             try:
                 link.sock.send(message)
             except (BlockingIOError, InterruptedError):
@@ -672,6 +695,9 @@ class _UNIXBusTransport(asyncio.BaseTransport):
                 self._start_writing(link)
             except OSError as exc:
                 self._send_failed(link, exc)
+            else:
+                if link.batch:
+                    self._cork(link)
 
             return True
 
@@ -696,6 +722,56 @@ class _UNIXBusTransport(asyncio.BaseTransport):
             self._start_writing(link)
 
         return True
+
+    def send_frame(self, address: bytes, frame: bytes) -> int:
+        """Send one frame (no fds, no fragments) to a peer, or queue it: `send` made lean.
+
+        :return: how many messages wait for that peer now (0 also if there is no link).
+        """
+        link = self._links.get(address)
+        if link is None:
+            return 0
+
+        queue = link.queue
+        if queue or link.corked:
+            queue.append(frame)
+            size = len(frame)
+            link.size += size
+            self._buffered += size
+            if self._buffered > self._high_water and not self._writing_paused:
+                self._check_water()
+
+            return len(queue)
+
+        try:
+            link.sock.send(frame)
+        except (BlockingIOError, InterruptedError):
+            self._enqueue(link, frame)
+            self._start_writing(link)
+        except OSError as exc:
+            self._send_failed(link, exc)
+        else:
+            if link.batch:
+                self._cork(link)
+
+        return len(queue)
+
+    def set_batching(self, address: bytes, batch: bool) -> None:
+        """Say whether the peer at ``address`` takes BATCH frames (its HELLO says).
+
+        Frames for such a peer that are queued (its socket was full, or a frame
+        already went to it this loop turn) go out coalesced, several to a BATCH.
+        """
+        link = self._links.get(address)
+        if link is not None:
+            link.batch = batch
+
+    def set_batch_bytes(self, size: int) -> None:
+        """Set the largest BATCH to build (bytes; at most `MAX_CONTROL_FRAME`; 0 never batches)."""
+        if not 0 <= size <= MAX_CONTROL_FRAME:
+            raise ValueError(f"a BATCH holds 0 to {MAX_CONTROL_FRAME} bytes, not {size}")
+
+        self._batch_bytes = size
 
     def send_all(self, message: bytes) -> None:
         """Send one frame to every linked peer (control frames)."""
@@ -731,6 +807,55 @@ class _UNIXBusTransport(asyncio.BaseTransport):
             link.writing = True
             self._loop.add_writer(link.fd, self._write_ready, link)
 
+    def _cork(self, link: _Link) -> None:
+        link.corked = True
+        self._corked.append(link)
+        if self._uncork is None:
+            self._uncork = self._loop.call_soon(self._uncork_links)
+
+    def _uncork_links(self) -> None:
+        """The loop turn ended: send what the corked links gathered."""
+        self._uncork = None
+        corked, self._corked = self._corked, []
+        for link in corked:
+            link.corked = False
+            if link.writing or not link.queue or self._links.get(link.address) is not link:
+                continue  # the writer sends it when the socket has room
+
+            sent = self._flush(link)
+            if self._links.get(link.address) is not link:
+                continue  # the send failed and the link was closed
+
+            if link.queue:
+                self._start_writing(link)
+
+            if sent:
+                self._protocol.link_drained(link.address, len(link.queue))
+
+    def _take_batch(self, link: _Link) -> tuple[int, int, bytes]:
+        """Coalesce the frames at the head of the queue: (how many, their bytes, the BATCH).
+
+        ``(0, 0, b"")`` if fewer than two frames fit one BATCH.
+        """
+        room = self._batch_bytes - 4  # the magic
+        frames: list[bytes] = []
+        size = 0
+        for item in link.queue:
+            if type(item) is not bytes:
+                break
+
+            room -= 2 + len(item)  # a length, the frame
+            if room < 0:
+                break
+
+            frames.append(item)
+            size += len(item)
+
+        if len(frames) < 2:
+            return 0, 0, b""
+
+        return len(frames), size, encode_batch(frames)
+
     def _flush(self, link: _Link) -> bool:
         """Send queued messages until the socket is full; return whether any went."""
         queue = link.queue
@@ -740,9 +865,22 @@ class _UNIXBusTransport(asyncio.BaseTransport):
             item = queue[0]
             try:
                 if type(item) is bytes:
-                    sock.send(item)
-                    queue.popleft()
-                    self._dequeued(link, len(item))
+                    count, size, batch = 0, 0, b""
+                    if link.batch and len(queue) > 1:
+                        count, size, batch = self._take_batch(link)
+
+                    if count:
+                        sock.send(batch)
+                        for _ in range(count):
+                            queue.popleft()
+
+                        self._dequeued(link, size)
+                        self.batches += 1
+                        self.batched += count
+                    else:
+                        sock.send(item)
+                        queue.popleft()
+                        self._dequeued(link, len(item))
                 elif type(item) is FDFrame:
                     sock.sendmsg([item.frame], item.ancdata)
                     queue.popleft()

@@ -26,13 +26,18 @@ from asyncbus._core.unixwire import (
     Segment,
     SubscriptionEntry,
     Subscriptions,
+    BATCH,
+    BATCH_MAGIC,
     decode_control,
+    encode_batch,
     encode_bye,
     encode_hello,
     encode_release,
     encode_segment,
     encode_subscriptions,
+    is_batch,
     is_control,
+    split_batch,
 )
 from asyncbus._exceptions import LocalProtocolError, RemoteProtocolError
 
@@ -184,9 +189,10 @@ class TestDecode:
         assert decode_control(hello_frame(b"abc") + b"future fields") == Hello(b"abc", False)
 
     def test_hello_ignores_unknown_flags(self) -> None:
-        assert decode_control(hello_frame(b"abc", flags=0xFC)) == Hello(b"abc", reply=False)
-        assert decode_control(hello_frame(b"abc", flags=0xFD)) == Hello(b"abc", reply=True)
-        assert decode_control(hello_frame(b"abc", flags=0xFE)) == Hello(b"abc", False, fds=True)
+        assert decode_control(hello_frame(b"abc", flags=0xF8)) == Hello(b"abc", reply=False)
+        assert decode_control(hello_frame(b"abc", flags=0xF9)) == Hello(b"abc", reply=True)
+        assert decode_control(hello_frame(b"abc", flags=0xFA)) == Hello(b"abc", False, fds=True)
+        assert decode_control(hello_frame(b"abc", flags=0xFC)) == Hello(b"abc", False, batch=True)
 
     def test_hello_fds_flag_round_trip(self) -> None:
         frame = encode_hello(b"\0m", reply=False, fds=True)
@@ -435,6 +441,81 @@ class TestGarbage:
             return
 
         check_decoded(frame)
+
+
+# Frames a BATCH may hold: anything non-empty that is not a BATCH or a SEGMENT.
+inner_frames = st.binary(min_size=1, max_size=200).filter(lambda f: f[:4] not in (b"ABBT", b"ABSG"))
+
+
+class TestBatch:
+    def test_layout(self) -> None:
+        frame = encode_batch([b"LC02abc", b"ABBY"])
+        assert frame == b"ABBT" + b"\x00\x07LC02abc" + b"\x00\x04ABBY"
+        assert BATCH_MAGIC.to_bytes(4, "big") == b"ABBT"
+        assert is_batch(frame) and not is_batch(b"LC02abc") and not is_control(frame)
+
+    def test_hello_flag(self) -> None:
+        frame = encode_hello(b"\0m", reply=False, batch=True)
+        assert frame[5] == BATCH == 0x04
+        assert decode_control(frame) == Hello(b"\0m", reply=False, batch=True)
+
+    @given(st.lists(inner_frames, min_size=1, max_size=40))
+    def test_round_trip(self, frames: list[bytes]) -> None:
+        assert split_batch(encode_batch(frames)) == frames
+
+    def test_largest(self) -> None:
+        one = b"x" * (MAX_CONTROL_FRAME - 4 - 2)
+        assert split_batch(encode_batch([one])) == [one]
+        with pytest.raises(LocalProtocolError, match="BATCH holds"):
+            encode_batch([one + b"x"])
+
+        with pytest.raises(LocalProtocolError, match="BATCH holds"):
+            encode_batch([b"a" * 40_000, b"b" * 40_000])
+
+    @pytest.mark.parametrize(
+        "inner", [b"", b"ABBT\x00\x01x", b"ABSG" + bytes(20)], ids=["empty", "batch", "segment"]
+    )
+    def test_refuses_to_hold(self, inner: bytes) -> None:
+        with pytest.raises(LocalProtocolError, match="cannot go in a BATCH"):
+            encode_batch([b"LC02", inner])
+
+    @pytest.mark.parametrize(
+        ("frame", "match"),
+        [
+            (b"ABBT", "holds no frame"),
+            (b"ABBT\x00", "ends inside a length"),
+            (b"ABBT\x00\x05abc", "empty or cut"),
+            (b"ABBT\x00\x00", "empty or cut"),
+            (b"ABBT\x00\x01a\x00\x00", "empty or cut"),
+            (b"ABBT\x00\x08ABBT\x00\x01x\x00", "ABBT"),
+            (b"ABBT\x00\x05ABSG\x00", "ABSG"),
+            (b"LC02\x00\x01a", "not a BATCH"),
+            (b"ABBT" + b"\xff\xff" + bytes(65_535), "at most"),
+        ],
+        ids=[
+            "no-frame",
+            "cut-length",
+            "cut-frame",
+            "empty",
+            "empty-last",
+            "nested",
+            "segment",
+            "other",
+            "too-large",
+        ],
+    )
+    def test_malformed(self, frame: bytes, match: str) -> None:
+        with pytest.raises(RemoteProtocolError, match=match):
+            split_batch(frame)
+
+    @given(st.binary(max_size=300))
+    def test_garbage_after_the_magic(self, rest: bytes) -> None:
+        try:
+            frames = split_batch(b"ABBT" + rest)
+        except RemoteProtocolError:
+            return
+
+        assert frames and all(frames) and b"".join(frames) != b"" and len(frames) <= len(rest) // 3
 
 
 class TestIsControl:
