@@ -21,6 +21,16 @@ Systems, all in one run:
   of :mod:`benchmarks.raw`: group joined on 127.0.0.1, ``IP_MULTICAST_IF`` 127.0.0.1,
   TTL 0). The pinger sends an ``LC02`` frame (the bytes asyncbus sends for a 64-byte
   payload on topic ``ping``) and the echoer sends back what it received, unchanged.
+* ``asyncio-raw``: the same sockets and bytes, non-blocking, on the default asyncio
+  loop and on uvloop, with no framework: the floor an asyncio program pays (a process
+  woken through epoll, a reader callback, a task step) before any library code. The
+  pinger registers ``loop.add_reader(sock, callback)``; each round it sends, then
+  awaits a future that the callback resolves with the echo (one task wake-up a round).
+  Echoer, variant ``callback``: ``loop.add_reader(sock, callback)`` where the callback
+  receives and sends the echo at once, no task at all (the cheapest asyncio echo);
+  variant ``task``: a task doing ``data = await loop.sock_recv(sock, n)``, then
+  ``await loop.sock_sendall(sock, data)`` (on a connected socket for the datagram
+  transports), as a typical asyncio program does.
 * ``asyncbus``: ``unix:@NAME``, ``seqpacket:@NAME`` and ``udpm://GROUP:PORT?ttl=0``,
   each on the default asyncio loop and on uvloop. Pinger: ``await bus.publish("ping",
   payload)``, then ``await subscription.receive()`` on its ``pong`` subscription.
@@ -117,9 +127,10 @@ RECV_SIZE: Final = 65_536  # any frame fits
 # The target of the issue: asyncbus's median round trip at most this many times the
 # raw loop's on the same transport.
 TARGET_RATIO: Final = 2.0
-SYSTEMS: Final = ("raw", "asyncbus", "pyzmq", "lcm")
+SYSTEMS: Final = ("raw", "asyncio-raw", "asyncbus", "pyzmq", "lcm")
 TRANSPORTS: Final = ("unix", "seqpacket", "udpm")  # the --transport choices that apply
-ASYNCBUS_LOOPS: Final = ("asyncio", "uvloop")
+ASYNCBUS_LOOPS: Final = ("asyncio", "uvloop")  # also the loops of the asyncio-raw cases
+ASYNCIO_RAW_VARIANTS: Final = ("callback", "task")  # how the asyncio-raw echoer echoes
 ZMQ_LOOPS: Final = ("sync", "asyncio")
 PACKAGES: Final = {"pyzmq": ("zmq", "pyzmq"), "lcm": ("lcm", "lcm")}  # system: import, PyPI
 METRICS: Final = ("rtt_p50_us", "rtt_p99_us", "rtt_mean_us", "rtt_min_us", "rtt_max_us")
@@ -131,20 +142,24 @@ T = TypeVar("T")
 class LatencyCase:
     """One line of the latency table.
 
-    :param system: ``"raw"``, ``"asyncbus"``, ``"pyzmq"`` or ``"lcm"``.
+    :param system: ``"raw"``, ``"asyncio-raw"``, ``"asyncbus"``, ``"pyzmq"`` or ``"lcm"``.
     :param transport: ``"unix"``, ``"seqpacket"``, ``"udpm"`` or ``"ipc"`` (pyzmq).
-    :param loop: ``"asyncio"``/``"uvloop"`` (asyncbus), ``"sync"``/``"asyncio"`` (pyzmq),
-        ``None`` (raw, LCM).
+    :param loop: ``"asyncio"``/``"uvloop"`` (asyncio-raw, asyncbus), ``"sync"``/``"asyncio"``
+        (pyzmq), ``None`` (raw, LCM).
+    :param variant: how the asyncio-raw echoer echoes: ``"callback"`` (in its reader
+        callback) or ``"task"`` (``sock_recv``/``sock_sendall`` in a task); ``None`` for
+        the other systems.
     """
 
     system: str
     transport: str
     loop: str | None = None
+    variant: str | None = None
 
     @property
     def id(self) -> str:
-        """A stable name: ``latency-unix-raw``, ``latency-udpm-asyncbus-uvloop``, ..."""
-        parts = ["latency", self.transport, self.system, self.loop]
+        """A stable name: ``latency-unix-raw``, ``latency-unix-asyncio-raw-uvloop-task``, ..."""
+        parts = ["latency", self.transport, self.system, self.loop, self.variant]
         return "-".join(part for part in parts if part)
 
     @property
@@ -192,6 +207,7 @@ class Exchange:
     :param port: a private UDP port (udpm): the bus's, or where raw pings go.
     :param pong_port: where raw udpm echoes go (a second free port).
     :param directory: the private ``ipc://`` directory (pyzmq).
+    :param variant: the case's variant (asyncio-raw).
     """
 
     system: str
@@ -204,6 +220,7 @@ class Exchange:
     port: int = 0
     pong_port: int = 0
     directory: str = ""
+    variant: str | None = None
 
     @property
     def url(self) -> str:
@@ -284,8 +301,10 @@ def missing_systems() -> dict[str, str]:
 def select(transports: Collection[str]) -> tuple[tuple[LatencyCase, ...], list[str]]:
     """Return the latency cases for ``transports`` and notes on the systems skipped.
 
-    pyzmq runs when ``unix`` is selected (its baseline is the raw AF_UNIX datagram
-    loop), LCM when ``udpm`` is; either is skipped, with a note, if not installed.
+    Each transport has its raw case, the asyncio-raw cases (each loop, each variant) and
+    the asyncbus cases. pyzmq runs when ``unix`` is selected (its baseline is the raw
+    AF_UNIX datagram loop), LCM when ``udpm`` is; either is skipped, with a note, if not
+    installed.
 
     :param transports: the selected transports (``udpm``, ``unix``, ``seqpacket``).
     :return: ``(cases, notes)``.
@@ -300,6 +319,11 @@ def select(transports: Collection[str]) -> tuple[tuple[LatencyCase, ...], list[s
     cases: list[LatencyCase] = []
     for transport in (t for t in TRANSPORTS if t in transports):
         cases.append(LatencyCase("raw", transport))
+        cases.extend(
+            LatencyCase("asyncio-raw", transport, loop, variant)
+            for variant in ASYNCIO_RAW_VARIANTS
+            for loop in ASYNCBUS_LOOPS
+        )
         cases.extend(LatencyCase("asyncbus", transport, loop) for loop in ASYNCBUS_LOOPS)
         if transport == "unix" and "pyzmq" not in missing:
             cases.extend(LatencyCase("pyzmq", "ipc", loop) for loop in ZMQ_LOOPS)
@@ -342,6 +366,9 @@ def settings(chosen: Plan) -> dict[str, object]:
         "percentile": "nearest rank",
         "baselines": "raw loop on the same transport; raw udpm for lcm, raw unix for pyzmq",
         "target": f"asyncbus rtt_p50_us <= {TARGET_RATIO:g} x the raw loop's",
+        "asyncio_raw": "raw non-blocking sockets on the loop, no framework; pinger: "
+        "add_reader + a future per round; echoer: add_reader callback (callback) or "
+        "sock_recv/sock_sendall in a task (task)",
         "urls": "udpm://GROUP:PORT?ttl=0 (private per run), unix:@NAME, seqpacket:@NAME",
     }
 
@@ -378,7 +405,7 @@ def run(cases: Sequence[LatencyCase], chosen: Plan, rng: random.Random) -> list[
                 }
             )
             print(
-                f"[{repeat + 1}/{chosen.repeats}] {case.id:<40} round trip"
+                f"[{repeat + 1}/{chosen.repeats}] {case.id:<50} round trip"
                 f"  p50 {metrics['rtt_p50_us']:8.1f} us  p99 {metrics['rtt_p99_us']:8.1f} us"
                 f"  max {metrics['rtt_max_us']:9.1f} us",
                 file=sys.stderr,
@@ -412,7 +439,8 @@ def results(collected: Sequence[CaseResult]) -> list[dict[str, object]]:
 
     :param collected: every case with its runs.
     :return: one dict per case: ``id``, ``system``, ``transport``, ``loop``, ``median``,
-        ``ratio_p50_vs_raw`` (``None`` for raw, or when the baseline did not run),
+        ``variant`` (``None`` but for asyncio-raw), ``ratio_p50_vs_raw`` (``None`` for raw, or
+        when the baseline did not run),
         ``baseline`` and ``runs``.
     """
     medians = {
@@ -433,6 +461,7 @@ def results(collected: Sequence[CaseResult]) -> list[dict[str, object]]:
                 "system": case.system,
                 "transport": case.transport,
                 "loop": case.loop,
+                "variant": case.variant,
                 "median": medians[case],
                 "ratio_p50_vs_raw": ratio,
                 "baseline": case.baseline.id,
@@ -510,6 +539,7 @@ def _exchange(case: LatencyCase, chosen: Plan, rng: random.Random) -> Exchange:
         port,
         pong_port,
         directory,
+        case.variant,
     )
 
 
@@ -784,6 +814,204 @@ def _raw_echoer(exchange: Exchange, conn: WorkerPipe) -> EchoerReport:
             _expect(conn, STOP)
 
     return EchoerReport(echoed, end_seen)
+
+
+# Raw sockets on an event loop: the floor an asyncio program pays
+
+
+class _EchoWaiter:
+    """The asyncio-raw pinger's reader callback: resolves the round's future with the echo.
+
+    A callback and a future, not ``loop.sock_recv``: the reader stays registered for the
+    whole run, so a round costs one wake-up of the pinger's task and no epoll_ctl calls.
+    """
+
+    __slots__ = ("future", "recv", "unexpected")
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.recv = sock.recv
+        self.future: asyncio.Future[bytes] | None = None
+        self.unexpected = 0  # echoes with no round waiting: the pinger fails the run
+
+    def readable(self) -> None:
+        future = self.future
+        try:
+            data = self.recv(RECV_SIZE)
+        except BlockingIOError:  # woken for nothing
+            return
+        except OSError as exc:  # ECONNREFUSED: the echoer is gone; the run fails
+            if future is not None and not future.done():
+                future.set_exception(exc)
+
+            return
+
+        if future is None or future.done():  # never with one ping in flight
+            self.unexpected += 1
+            return
+
+        self.future = None
+        future.set_result(data)
+
+
+def _asyncio_raw_pinger(exchange: Exchange, conn: WorkerPipe) -> PingerReport:
+    return run_on_loop(exchange.loop or "asyncio", _asyncio_raw_ping(exchange, conn))
+
+
+async def _asyncio_raw_ping(exchange: Exchange, conn: WorkerPipe) -> PingerReport:
+    loop = asyncio.get_running_loop()
+    with contextlib.ExitStack() as stack:
+        _, ready = _raw_sockets(exchange, "pinger", stack)
+        conn.send(READY)
+        if (command := await _command(conn)) != GO:
+            raise RuntimeError(f"expected {GO!r} from the runner, got {command!r}")
+
+        sender, receiver = ready()
+        sender.setblocking(False)
+        receiver.setblocking(False)
+        waiter = _EchoWaiter(receiver)
+        loop.add_reader(receiver, waiter.readable)
+        stack.callback(loop.remove_reader, receiver)  # before the socket closes (LIFO)
+        buffer = bytearray(exchange.frame)
+        size = len(buffer)
+        pack_into, send, create_future = LC02_HEADER.pack_into, sender.send, loop.create_future
+        perf = time.perf_counter_ns
+        samples: list[int] = []
+        record = samples.append
+        warmup = exchange.warmup
+        # One bound for the whole loop, as for asyncbus: 5 ms a round trip.
+        async with asyncio.timeout(START_TIMEOUT + (warmup + exchange.rounds) * 0.005):
+            for seq in range(warmup + exchange.rounds):
+                pack_into(buffer, 0, LC02_MAGIC, seq)  # as asyncbus numbers its frames
+                future = waiter.future = create_future()
+                started = perf()
+                send(buffer)  # one datagram in flight: never EAGAIN
+                echo = await future
+                finished = perf()
+                if len(echo) != size:
+                    raise RuntimeError(f"echo of {len(echo)} bytes, expected {size}")
+
+                if seq >= warmup:
+                    record(finished - started)
+
+        if echo[-PAYLOAD_SIZE:] != exchange.payload:
+            raise RuntimeError("the echo differs from the ping")
+
+        if waiter.unexpected:
+            raise RuntimeError(f"{waiter.unexpected} echoes arrived with no ping in flight")
+
+        send(lc02_datagram(0, PING, END_PAYLOAD))
+
+    return PingerReport(samples)
+
+
+class _CallbackEchoer:
+    """The asyncio-raw echoer's reader callback (variant ``callback``): echo at once.
+
+    No task and no future: the cheapest echo an asyncio program can have. The end
+    marker (or EOF on seqpacket) resolves ``finished``; so does an error, which then
+    fails the run instead of going to the loop's exception handler.
+    """
+
+    def __init__(
+        self,
+        receiver: socket.socket,
+        send: Callable[[bytes], object] | None,
+        connect: Callable[[], tuple[socket.socket, socket.socket]],
+        size: int,
+    ) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.receiver = receiver
+        self.recv = receiver.recv
+        self.send = send
+        self.connect = connect
+        self.size = size
+        self.echoed = 0
+        self.finished: asyncio.Future[EchoerReport] = self.loop.create_future()
+
+    def readable(self) -> None:
+        try:
+            data = self.recv(RECV_SIZE)
+            if len(data) != self.size:  # the end marker (or b"": the connection closed)
+                self._finish(EchoerReport(self.echoed, True))
+                return
+
+            if self.send is None:  # unix: connect back at the first ping
+                self.send = self.connect()[0].send
+
+            self.send(data)
+            self.echoed += 1
+        except BlockingIOError:  # woken for nothing
+            return
+        except Exception as exc:
+            self._finish(exc)
+
+    def _finish(self, outcome: EchoerReport | Exception) -> None:
+        self.loop.remove_reader(self.receiver)  # EOF stays readable: stop the callbacks
+        if self.finished.done():
+            return
+
+        if isinstance(outcome, Exception):
+            self.finished.set_exception(outcome)
+        else:
+            self.finished.set_result(outcome)
+
+    async def run(self) -> EchoerReport:
+        """Echo until the end marker; the reader is removed however it ends."""
+        self.loop.add_reader(self.receiver, self.readable)
+        try:
+            return await self.finished
+        finally:
+            self.loop.remove_reader(self.receiver)
+
+
+async def _task_echo(
+    receiver: socket.socket,
+    sender: socket.socket | None,
+    connect: Callable[[], tuple[socket.socket, socket.socket]],
+    size: int,
+    echoed: list[int],
+) -> EchoerReport:
+    """The asyncio-raw echoer's loop (variant ``task``): what an asyncio program writes."""
+    loop = asyncio.get_running_loop()
+    sock_recv, sock_sendall = loop.sock_recv, loop.sock_sendall
+    while len(data := await sock_recv(receiver, RECV_SIZE)) == size:
+        if sender is None:  # unix: connect back at the first ping
+            sender = connect()[0]
+
+        await sock_sendall(sender, data)
+        echoed[0] += 1
+
+    return EchoerReport(echoed[0], True)  # the end marker, or b"": the connection closed
+
+
+def _asyncio_raw_echoer(exchange: Exchange, conn: WorkerPipe) -> EchoerReport:
+    return run_on_loop(exchange.loop or "asyncio", _asyncio_raw_echo(exchange, conn))
+
+
+async def _asyncio_raw_echo(exchange: Exchange, conn: WorkerPipe) -> EchoerReport:
+    with contextlib.ExitStack() as stack:
+        receiver, ready = _raw_sockets(exchange, "echoer", stack)
+        receiver.setblocking(False)  # unix: also the sender, connected at the first ping
+        conn.send(READY)
+        sender = None
+        if exchange.transport != "unix":
+            # seqpacket: accept the pinger's connection, blocking (bounded), before any
+            # ping; udpm: nothing to wait for. Set-up, not measured.
+            sender, receiver = ready()
+            sender.setblocking(False)
+            receiver.setblocking(False)
+
+        size = len(exchange.frame)
+        if exchange.variant == "callback":
+            send = sender.send if sender is not None else None
+            echoer = _CallbackEchoer(receiver, send, ready, size)
+            report = await _echo_until_stop(conn, echoer.run(), lambda: echoer.echoed)
+        else:
+            echoed = [0]
+            echo = _task_echo(receiver, sender, ready, size, echoed)
+            report = await _echo_until_stop(conn, echo, lambda: echoed[0])
+
+    return report
 
 
 # asyncbus
@@ -1246,6 +1474,7 @@ _PINGERS: Final[dict[str, Body]] = {
     "raw-unix": _raw_pinger,
     "raw-seqpacket": _raw_pinger,
     "raw-udpm": _raw_pinger,
+    "asyncio-raw": _asyncio_raw_pinger,
     "asyncbus": _bus_pinger,
     "pyzmq": _zmq_pinger,
     "lcm": _lcm_pinger,
@@ -1254,6 +1483,7 @@ _ECHOERS: Final[dict[str, Body]] = {
     "raw-unix": _raw_echoer,
     "raw-seqpacket": _raw_echoer,
     "raw-udpm": _raw_echoer,
+    "asyncio-raw": _asyncio_raw_echoer,
     "asyncbus": _bus_echoer,
     "pyzmq": _zmq_echoer,
     "lcm": _lcm_echoer,

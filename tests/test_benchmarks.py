@@ -236,12 +236,26 @@ def test_quick_run_reports_every_peer_case(tmp_path: Path) -> None:
 
 
 LATENCY_ROUNDS = 50  # tiny: every system, two processes each, in a few seconds
+# The raw event-loop floor: no framework, each loop, echoer in a callback or in a task.
+LATENCY_LOOPS = ("asyncio", "uvloop")
+ASYNCIO_RAW = tuple(
+    f"asyncio-raw-{loop}-{variant}" for variant in ("callback", "task") for loop in LATENCY_LOOPS
+)
 LATENCY_CASES = {
     f"latency-{transport}-{name}"
     for transport in ("unix", "seqpacket", "udpm")
-    for name in ("raw", "asyncbus-asyncio", "asyncbus-uvloop")
+    for name in ("raw", *ASYNCIO_RAW, "asyncbus-asyncio", "asyncbus-uvloop")
 } | {"latency-ipc-pyzmq-sync", "latency-ipc-pyzmq-asyncio", "latency-udpm-lcm"}
-LATENCY_KEYS = {"id", "system", "transport", "loop", "median", "ratio_p50_vs_raw", "baseline"}
+LATENCY_KEYS = {
+    "id",
+    "system",
+    "transport",
+    "loop",
+    "variant",
+    "median",
+    "ratio_p50_vs_raw",
+    "baseline",
+}
 LATENCY_METRICS = {"rtt_p50_us", "rtt_p99_us", "rtt_mean_us", "rtt_min_us", "rtt_max_us"}
 
 
@@ -265,6 +279,13 @@ def test_quick_run_reports_every_latency_case(tmp_path: Path) -> None:
             assert case["loop"] is None, case_id
         else:
             assert case["ratio_p50_vs_raw"] > 0, case_id
+
+        if case["system"] == "asyncio-raw":
+            assert case["loop"] in LATENCY_LOOPS, case_id
+            assert case["variant"] in ("callback", "task"), case_id
+            assert case["baseline"] == f"latency-{case['transport']}-raw", case_id
+        else:
+            assert case["variant"] is None, case_id
 
         (run,) = case["runs"]
         assert run["samples"] == LATENCY_ROUNDS, f"{case_id}: {run}"
