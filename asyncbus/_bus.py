@@ -41,6 +41,8 @@ _CHANNEL_CACHE_LIMIT: Final = 4096  # encoded topic names kept for publish()
 # A publisher whose sends never block would starve every other task on its loop
 # (a UDP send on loopback does not wait for receivers); yield this often.
 _YIELD_EVERY: Final = 32
+_SHORT_HEADER: Final = lcm.SHORT_HEADER
+_SHORT_MAGIC: Final = lcm.Magic.SHORT
 
 Payload = bytes | bytearray | memoryview
 MAX_MESSAGE_FDS: Final = MAX_FDS - 1  # one slot of a SEGMENT frame is its memfd
@@ -619,10 +621,25 @@ class Bus:
             return
 
         seq = self._seq
-        datagrams = lcm.encode(channel, seq, data, max_message_size=self._max_message_size)
-        self._seq = (seq + 1) & 0xFFFFFFFF
         transport, protocol = self._transport, self._protocol
         assert transport is not None and protocol is not None
+        if (
+            type(data) is bytes
+            and len(channel) + len(data) <= lcm.MAX_SHORT_PAYLOAD
+            and len(data) <= self._max_message_size
+        ):
+            datagrams = [_SHORT_HEADER.pack(_SHORT_MAGIC, seq) + channel + data]
+            self._seq = (seq + 1) & 0xFFFFFFFF
+            if not self._receive_own and transport.try_send(datagrams[0]):  # the lean path
+                self._published += 1
+                if self._published % _YIELD_EVERY == 0:
+                    await asyncio.sleep(0)
+
+                return
+        else:
+            datagrams = lcm.encode(channel, seq, data, max_message_size=self._max_message_size)
+            self._seq = (seq + 1) & 0xFFFFFFFF
+
         protocol.sending = True
         try:
             for datagram in datagrams:

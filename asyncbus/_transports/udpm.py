@@ -363,6 +363,23 @@ class UDPMulticastTransport(asyncio.DatagramTransport):
         self._write_queued_bytes += len(data)
         self._maybe_pause_protocol()
 
+    def try_send(self, data: bytes) -> bool:
+        """Send one datagram to the group now, if nothing is queued and the kernel takes it.
+
+        :return: ``False`` if it was not sent (queued datagrams, a full socket, an
+            error, closing): send it with `sendto`, which queues or reports.
+        """
+        sender = self._sender
+        if self._write_queue or self._closing or sender is None:
+            return False
+
+        try:
+            sender.sendto(data, self._group)
+        except OSError:
+            return False
+
+        return True
+
     def _write_ready(self) -> None:
         sender = self._sender
         queue = self._write_queue
