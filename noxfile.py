@@ -74,7 +74,7 @@ def tests(session: nox.Session) -> None:
 def bench(session: nox.Session) -> None:
     """Benchmarks; pass ``-- --full`` for the full run (default: quick mode).
 
-    ``.[bench]`` brings the peers scenario's pyzmq and lcm.
+    ``.[bench]`` brings pyzmq and lcm (the peers) and matplotlib (the plots).
     """
     session.install("-e", ".[bench]")
     args = session.posargs or ["--quick"]

@@ -311,7 +311,12 @@ def _latency(document: Mapping[str, Any]) -> Figure | None:
         median = entry.get("median") or {}
         p50, p99 = median.get("rtt_p50_us"), median.get("rtt_p99_us")
         if isinstance(p50, (int, float)) and isinstance(p99, (int, float)) and p50 > 0 < p99:
-            parts = [entry.get("system"), entry.get("transport"), entry.get("loop")]
+            parts = [
+                entry.get("system"),
+                entry.get("transport"),
+                entry.get("loop"),
+                entry.get("variant"),
+            ]
             entries.append((" ".join(str(p) for p in parts if p), float(p50), float(p99)))
 
     if not entries:
