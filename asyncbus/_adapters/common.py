@@ -9,7 +9,7 @@ frames are counted and dropped; nothing a peer sends raises out of here.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable, Iterable
 from typing import Final
 
 from .._core import lcm
@@ -73,6 +73,48 @@ class MessageReceiver:
                     return
 
         self._receive_frame(frame, source, sender, resources)
+
+    def receive_lcm_frames(
+        self,
+        frames: Iterable[bytes],
+        source: Hashable,
+        sender: Sender,
+        other: Callable[[bytes], None],
+    ) -> None:
+        """Handle frames from one source in order, e.g. the contents of one BATCH.
+
+        A short message on a known channel is handled here as `receive_lcm`
+        would; any other frame (a fragment, a new channel, a control frame,
+        garbage) goes to ``other``, in its place in the order. Per message this
+        saves the call and the attribute lookups of a `receive_lcm` each.
+        """
+        decode_short = self._decode_short
+        last_seq = self._last_seq
+        observe = self._sequences.observe
+        dispatch = self._dispatch
+        limit = self._max_message_size
+        last = last_seq.get(source)
+        received = 0
+        try:
+            for frame in frames:
+                short = decode_short(frame)
+                if short is None or len(short[2]) > limit:
+                    other(frame)
+                    last = last_seq.get(source)  # other() may have moved it on
+                    last = last_seq.get(source)
+                    continue
+
+                topic, seq, data = short
+                if last is not None and seq - last == 1:
+                    last_seq[source] = last = seq  # what observe() does in order
+                else:
+                    observe(source, seq)
+                    last = last_seq.get(source)
+
+                received += 1
+                dispatch(topic, data, seq, sender, None)
+        finally:
+            self.received += received
 
     def _receive_frame(
         self, frame: bytes, source: Hashable, sender: Sender, resources: _Resources | None
