@@ -898,12 +898,9 @@ class TestOverflowPolicies:
 
     @SCHEMES
     @pytest.mark.parametrize("policy", ["drop_newest", "drop_oldest"])
-    @pytest.mark.xfail(
-        strict=True,
-        reason="bug: frames corked for the end of the loop turn count toward peer_queue, "
-        "so concurrent publishes in one turn are dropped by drop_newest/drop_oldest "
-        "although the peer's socket has room (before 451c3c1: no drop)",
-    )
+    # Was a bug (fixed): frames gathered for the end of the loop turn counted toward
+    # peer_queue, so concurrent publishes in one turn were dropped by drop_newest /
+    # drop_oldest although the peer's socket had room.
     async def test_concurrent_publishers_with_room_drop_nothing(
         self, scheme: str, policy: str
     ) -> None:

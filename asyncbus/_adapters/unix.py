@@ -763,6 +763,9 @@ class UNIXMemberProtocol(MessageReceiver):
             address = peer.address
             seq = peer.next_seq()
             queued = transport.queued(address)
+            if queued >= bound:
+                queued = transport.flush_now(address)  # gathered frames are not a full socket
+
             if queued >= backlog_at:
                 backlog = True
 

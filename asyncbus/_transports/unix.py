@@ -756,6 +756,28 @@ class _UNIXBusTransport(asyncio.BaseTransport):
 
         return len(queue)
 
+    def flush_now(self, address: bytes) -> int:
+        """Send what waits for a peer now if its socket may have room (not at the turn's end).
+
+        Frames gathered in this loop turn are queued only to be coalesced: before
+        a full queue makes a policy drop or wait, they go out.
+
+        :return: how many messages still wait for that peer (0 if there is no link).
+        """
+        link = self._links.get(address)
+        if link is None:
+            return 0
+
+        if link.queue and not link.writing:
+            self._flush(link)
+            if self._links.get(address) is not link:
+                return 0  # the send failed and the link was closed
+
+            if link.queue:
+                self._start_writing(link)
+
+        return len(link.queue)
+
     def set_batching(self, address: bytes, batch: bool) -> None:
         """Say whether the peer at ``address`` takes BATCH frames (its HELLO says).
 

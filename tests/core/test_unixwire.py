@@ -12,6 +12,8 @@ from hypothesis import strategies as st
 
 from asyncbus._core import lcm
 from asyncbus._core.unixwire import (
+    BATCH,
+    BATCH_MAGIC,
     MAX_CONTROL_FRAME,
     MAX_RELEASES,
     PROTOCOL_VERSION,
@@ -26,8 +28,6 @@ from asyncbus._core.unixwire import (
     Segment,
     SubscriptionEntry,
     Subscriptions,
-    BATCH,
-    BATCH_MAGIC,
     decode_control,
     encode_batch,
     encode_bye,
