@@ -1,7 +1,8 @@
 """The receive hot path gives what the general path gives.
 
 `MessageReceiver.receive_lcm` has a fast path for short messages on known
-channels, and `receive_lcm_frames` handles many frames in one call; both must
+channels, `receive_lcm_frames` handles many frames in one call, and the udpm
+protocol's ``datagram_received`` inlines the fast path; all must
 deliver the same messages, in the same order, with the same counters as
 decoding each frame with the general path (``_receive_frame``).
 """
@@ -15,14 +16,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from asyncbus._adapters.common import MessageReceiver
+from asyncbus._adapters.udpm import UDPMulticastProtocol
 from asyncbus._core import lcm
 from asyncbus._core.patterns import TopicPattern
 from asyncbus._exceptions import WouldBlock
 from asyncbus._message import Sender
 from asyncbus._subscription import OverflowPolicy, Subscription, _Inbox, _Router
 
-SOURCES = [b"\0a", b"\0b"]
+SOURCES = [("127.0.0.1", 1), ("127.0.0.1", 2)]  # as udpm keys its sources
 SENDER = Sender("peer", 1, 2, 3)
 
 frames = st.one_of(
@@ -40,20 +41,26 @@ frames = st.one_of(
 batches = st.lists(st.tuples(st.sampled_from(SOURCES), st.lists(frames, max_size=8)), max_size=8)
 
 
-Feed = Callable[[MessageReceiver, bytes, list[bytes]], None]
+Source = tuple[str, int]
+Feed = Callable[[UDPMulticastProtocol, Source, list[bytes]], None]
 
 
-def _one_by_one(receiver: MessageReceiver, source: bytes, batch: list[bytes]) -> None:
+def _one_by_one(receiver: UDPMulticastProtocol, source: Source, batch: list[bytes]) -> None:
     for frame in batch:
         receiver.receive_lcm(frame, source, SENDER)
 
 
-def _general(receiver: MessageReceiver, source: bytes, batch: list[bytes]) -> None:
+def _general(receiver: UDPMulticastProtocol, source: Source, batch: list[bytes]) -> None:
     for frame in batch:
         receiver._receive_frame(frame, source, SENDER, None)
 
 
-def _batched(receiver: MessageReceiver, source: bytes, batch: list[bytes]) -> None:
+def _datagrams(receiver: UDPMulticastProtocol, source: Source, batch: list[bytes]) -> None:
+    for frame in batch:
+        receiver.datagram_received(frame, source)
+
+
+def _batched(receiver: UDPMulticastProtocol, source: Source, batch: list[bytes]) -> None:
     def other(frame: bytes) -> None:
         receiver.receive_lcm(frame, source, SENDER)
 
@@ -61,10 +68,10 @@ def _batched(receiver: MessageReceiver, source: bytes, batch: list[bytes]) -> No
 
 
 async def _run(
-    feed: Feed, work: list[tuple[bytes, list[bytes]]], max_message_size: int
+    feed: Feed, work: list[tuple[Source, list[bytes]]], max_message_size: int
 ) -> tuple[list[tuple[str, bytes | memoryview, int]], dict[str, int], tuple[int, int, int]]:
     router = _Router(lambda _: None)
-    receiver = MessageReceiver(router, max_message_size=max_message_size)
+    receiver = UDPMulticastProtocol(router, max_message_size=max_message_size)
     receiver._loop = asyncio.get_running_loop()
     inbox = _Inbox(TopicPattern("[xy]"), 16, OverflowPolicy.DROP_OLDEST, router)
     router.add(inbox)
@@ -82,6 +89,7 @@ async def _run(
                 got.append((message.topic, message.data, message.seq))
 
     statistics = receiver.receive_statistics()
+    del statistics["datagrams"]  # counted by datagram_received only
     receiver.stop_receiving()
     subscription.close()
     closed = subscription.statistics()
@@ -89,11 +97,13 @@ async def _run(
 
 
 @pytest.mark.parametrize("max_message_size", [lcm.DEFAULT_MAX_MESSAGE_SIZE, 20], ids=["big", "20B"])
-@pytest.mark.parametrize("feed", [_one_by_one, _batched], ids=["receive_lcm", "frames"])
+@pytest.mark.parametrize(
+    "feed", [_one_by_one, _batched, _datagrams], ids=["receive_lcm", "frames", "udpm"]
+)
 @settings(deadline=None, max_examples=150, derandomize=True)
 @given(work=batches)
 def test_fast_paths_agree_with_the_general_path(
-    feed: Feed, max_message_size: int, work: list[tuple[bytes, list[bytes]]]
+    feed: Feed, max_message_size: int, work: list[tuple[Source, list[bytes]]]
 ) -> None:
     expected = asyncio.run(_run(_general, work, max_message_size))
     assert asyncio.run(_run(feed, work, max_message_size)) == expected
