@@ -196,12 +196,14 @@ class UNIXMemberProtocol(MessageReceiver):
             return
 
         self.batches += 1
-        receive = self.receive_lcm
-        for inner in frames:
+
+        def other(inner: bytes) -> None:
             if inner[:4] != _SHORT_PREFIX and is_control(inner):
                 self._control_received(inner, source)
             else:
-                receive(inner, source, sender)
+                self.receive_lcm(inner, source, sender)
+
+        self.receive_lcm_frames(frames, source, sender, other)
 
     def source_closed(self, source: Hashable) -> None:
         peer = self._membership.peer_of(source)
