@@ -101,7 +101,6 @@ class MessageReceiver:
                 if short is None or len(short[2]) > limit:
                     other(frame)
                     last = last_seq.get(source)  # other() may have moved it on
-                    last = last_seq.get(source)
                     continue
 
                 topic, seq, data = short
