@@ -302,7 +302,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for note in notes:
             print(note, file=sys.stderr)
 
-    latency_plan = latency.plan(mode is FULL, args.rounds, args.repeats)
+    latency_plan = latency.plan(mode is FULL, args.rounds, args.repeats, args.placement)
     if not cases and not latency_cases:
         print(
             "no case selected: slow-subscriber and large cases exist for unix and seqpacket "
@@ -644,6 +644,15 @@ def _parser() -> argparse.ArgumentParser:
         help=(
             f"timed round trips per latency run (default: {latency.QUICK.rounds:,} quick, "
             f"{latency.FULL.rounds:,} full)"
+        ),
+    )
+    parser.add_argument(
+        "--placement",
+        choices=latency.PLACEMENTS,
+        default="split",
+        help=(
+            "where the latency scenario's two processes run: split (each pinned to its "
+            "own CPU, the default), same (both on one CPU), none (not pinned)"
         ),
     )
     parser.add_argument(

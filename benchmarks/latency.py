@@ -181,14 +181,34 @@ class Plan:
     :param rounds: timed round trips per run.
     :param warmup: round trips before them, not recorded.
     :param repeats: runs per case; each metric is the median over them.
+    :param placement: where the two processes run: ``"split"`` (each pinned to its own
+        CPU), ``"same"`` (both pinned to one CPU) or ``"none"`` (the scheduler decides).
+        Every case of a run has the same placement, so ratios compare like with like.
     """
 
     mode: str
     rounds: int
     warmup: int
     repeats: int
+    placement: str = "split"
+
+    @property
+    def cpus(self) -> tuple[int, int] | None:
+        """The CPUs of the echoer and the pinger, or ``None`` (not pinned).
+
+        ``split`` needs two CPUs this process may use; with one, nothing is pinned.
+        """
+        allowed = sorted(os.sched_getaffinity(0))
+        if self.placement == "same":
+            return allowed[0], allowed[0]
+
+        if self.placement == "split" and len(allowed) >= 2:
+            return allowed[1], allowed[0]
+
+        return None
 
 
+PLACEMENTS: Final = ("split", "same", "none")
 QUICK: Final = Plan("quick", rounds=1_000, warmup=100, repeats=1)
 FULL: Final = Plan("full", rounds=20_000, warmup=1_000, repeats=5)
 
@@ -208,6 +228,7 @@ class Exchange:
     :param pong_port: where raw udpm echoes go (a second free port).
     :param directory: the private ``ipc://`` directory (pyzmq).
     :param variant: the case's variant (asyncio-raw).
+    :param cpus: the CPUs the echoer and the pinger are pinned to (``None``: not pinned).
     """
 
     system: str
@@ -221,6 +242,7 @@ class Exchange:
     pong_port: int = 0
     directory: str = ""
     variant: str | None = None
+    cpus: tuple[int, int] | None = None
 
     @property
     def url(self) -> str:
@@ -334,17 +356,21 @@ def select(transports: Collection[str]) -> tuple[tuple[LatencyCase, ...], list[s
     return tuple(cases), notes
 
 
-def plan(full: bool, rounds: int | None = None, repeats: int | None = None) -> Plan:
+def plan(
+    full: bool, rounds: int | None = None, repeats: int | None = None, placement: str = "split"
+) -> Plan:
     """Return the plan of a quick or full run, with the command line's overrides.
 
     :param full: full mode (else quick).
     :param rounds: timed round trips per run, if given.
     :param repeats: runs per case, if given.
+    :param placement: one of :data:`PLACEMENTS`.
     :return: the plan; warm-up is a tenth of the rounds, at most the mode's.
     """
     base = FULL if full else QUICK
     count = rounds or base.rounds
-    return Plan(base.mode, count, min(base.warmup, max(1, count // 10)), repeats or base.repeats)
+    warmup = min(base.warmup, max(1, count // 10))
+    return Plan(base.mode, count, warmup, repeats or base.repeats, placement)
 
 
 def settings(chosen: Plan) -> dict[str, object]:
@@ -358,6 +384,8 @@ def settings(chosen: Plan) -> dict[str, object]:
         "rounds": chosen.rounds,
         "warmup": chosen.warmup,
         "repeats": chosen.repeats,
+        "placement": chosen.placement,
+        "cpus": {"echoer": cpus[0], "pinger": cpus[1]} if (cpus := chosen.cpus) else None,
         "payload_size": PAYLOAD_SIZE,
         "raw_frame_size": len(lc02_datagram(0, PING, bytes(PAYLOAD_SIZE))),
         "clock": "time.perf_counter_ns around publish/send and the echo's arrival",
@@ -507,7 +535,9 @@ def markdown(documents: Sequence[dict[str, Any]], chosen: Plan) -> str:
     lines += [
         "",
         f"{chosen.mode} mode, latency: {chosen.rounds:,} round trips after {chosen.warmup:,} "
-        f"warm-up, median of {chosen.repeats}; p50 / raw: against "
+        f"warm-up, median of {chosen.repeats}, placement {chosen.placement}"
+        + (f" (echoer on CPU {cpus[0]}, pinger on CPU {cpus[1]})" if (cpus := chosen.cpus) else "")
+        + "; p50 / raw: against "
         + ", ".join(
             sorted({f"{d['baseline'].removeprefix('latency-')}" for d in documents}),
         ),
@@ -540,6 +570,7 @@ def _exchange(case: LatencyCase, chosen: Plan, rng: random.Random) -> Exchange:
         pong_port,
         directory,
         case.variant,
+        chosen.cpus,
     )
 
 
@@ -581,6 +612,11 @@ def _processes(exchange: Exchange) -> Iterator[tuple[RunnerPipe, RunnerPipe]]:
             ours, theirs = spawn.Pipe()
             process = spawn.Process(target=target, args=(exchange, theirs), name=name, daemon=True)
             process.start()
+            if exchange.cpus is not None:
+                assert process.pid is not None
+                cpu = exchange.cpus[0] if name == "echoer" else exchange.cpus[1]
+                os.sched_setaffinity(process.pid, {cpu})  # before it is READY to measure
+
             theirs.close()  # so that ours sees EOF if the process dies
             processes.append(process)
             pipes.append(ours)

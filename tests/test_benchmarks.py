@@ -21,6 +21,8 @@ from typing import Any
 
 import pytest
 
+from benchmarks import latency
+
 from .conftest import require
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -267,6 +269,10 @@ def test_quick_run_reports_every_latency_case(tmp_path: Path) -> None:
     options = ("--scenario", "latency", "--rounds", str(LATENCY_ROUNDS))
     document, table = _run_quick(tmp_path, *options)
     assert document["settings"]["latency"]["rounds"] == LATENCY_ROUNDS
+    assert document["settings"]["latency"]["placement"] == "split"
+    if len(os.sched_getaffinity(0)) >= 2:  # each process pinned to its own CPU
+        cpus = document["settings"]["latency"]["cpus"]
+        assert cpus["echoer"] != cpus["pinger"]
 
     cases = {case["id"]: case for case in document["latency"]}
     assert cases.keys() == LATENCY_CASES
@@ -620,3 +626,12 @@ def test_every_plot_from_a_synthetic_document(tmp_path: Path, with_scenarios: bo
     assert completed.returncode == 0, completed.stderr
     assert {Path(line).name for line in completed.stdout.split()} == EVERY_PLOT
     _check_pngs(tmp_path / "plots", EVERY_PLOT)
+
+
+def test_latency_placements_pin_like_with_like() -> None:
+    allowed = sorted(os.sched_getaffinity(0))
+    same = latency.plan(False, placement="same")
+    assert same.cpus == (allowed[0], allowed[0])
+    assert latency.plan(False, placement="none").cpus is None
+    split = latency.plan(True, placement="split").cpus
+    assert split == ((allowed[1], allowed[0]) if len(allowed) >= 2 else None)
