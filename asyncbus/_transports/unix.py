@@ -676,29 +676,12 @@ class _UNIXBusTransport(asyncio.BaseTransport):
             _dropped(message)
             return False
 
-        if link.queue:
-            self._enqueue(link, message)
+        if type(message) is bytes:
+            self.send_frame(address, message)
             return True
 
-        if type(message) is bytes:
-            if link.corked:
-                # A frame went out to this peer this loop turn: gather the next
-                # ones, to go out together when the turn ends (coalescing with
-                # no wait: the first frame of a turn is never held back).
-                self._enqueue(link, message)
-                return True
-
-            try:
-                link.sock.send(message)
-            except (BlockingIOError, InterruptedError):
-                self._enqueue(link, message)
-                self._start_writing(link)
-            except OSError as exc:
-                self._send_failed(link, exc)
-            else:
-                if link.batch:
-                    self._cork(link)
-
+        if link.queue:
+            self._enqueue(link, message)
             return True
 
         if type(message) is FDFrame:
@@ -734,6 +717,10 @@ class _UNIXBusTransport(asyncio.BaseTransport):
 
         queue = link.queue
         if queue or link.corked:
+            # Frames wait (the socket was full), or one went out to this peer this
+            # loop turn: gather this one, to go out with them (coalesced) when the
+            # socket has room or the turn ends. The first frame of a turn is never
+            # held back.
             queue.append(frame)
             size = len(frame)
             link.size += size
