@@ -38,6 +38,7 @@ from .common import (
     clock,
     cpu_clock,
     reader_counters,
+    receive_command,
     run_on_loop,
     run_worker,
 )
@@ -180,7 +181,7 @@ async def _publish(work: Workload, conn: WorkerPipe) -> PublisherReport:
         payload = work.payload
         publish = topic.publish
         conn.send(READY)
-        if (command := await _receive_command(conn, None)) != GO:
+        if (command := await receive_command(conn, None)) != GO:
             raise RuntimeError(f"expected {GO!r} from the runner, got {command!r}")
 
         cpu_started = cpu_clock()
@@ -197,10 +198,10 @@ async def _publish(work: Workload, conn: WorkerPipe) -> PublisherReport:
         while command is None and clock() < deadline:
             await publish(END_PAYLOAD)
             markers += 1
-            command = await _receive_command(conn, MARKER_INTERVAL)
+            command = await receive_command(conn, MARKER_INTERVAL)
 
         if command is None:
-            command = await _receive_command(conn, None)
+            command = await receive_command(conn, None)
 
         if command != STOP:
             raise RuntimeError(f"expected {STOP!r} from the runner, got {command!r}")
@@ -208,25 +209,6 @@ async def _publish(work: Workload, conn: WorkerPipe) -> PublisherReport:
         counters = {"bus": _counters(bus.statistics()), "bus_after_data": after_data}
 
     return PublisherReport(work.messages, started, finished, markers, counters=counters, cpu=cpu)
-
-
-async def _receive_command(conn: WorkerPipe, patience: float | None) -> str | None:
-    """Return the runner's next command, or ``None`` after ``patience`` seconds.
-
-    Waits on the pipe through the event loop, so the bus keeps running meanwhile.
-    """
-    loop = asyncio.get_running_loop()
-    readable = asyncio.Event()
-    loop.add_reader(conn.fileno(), readable.set)
-    try:
-        async with asyncio.timeout(patience):
-            await readable.wait()
-    except TimeoutError:
-        return None
-    finally:
-        loop.remove_reader(conn.fileno())
-
-    return conn.recv()
 
 
 def _counters(statistics: object) -> dict[str, object]:

@@ -67,6 +67,7 @@ __all__ = [
     "lc02_datagram",
     "raw_unix_address",
     "reader_counters",
+    "receive_command",
     "receive_timeout",
     "report_failure",
     "run_worker",
@@ -373,3 +374,23 @@ def run_on_loop(loop: str, main: Coroutine[Any, Any, _T]) -> _T:
 
     with asyncio.Runner(loop_factory=factory) as runner:
         return runner.run(main)
+
+
+async def receive_command(conn: WorkerPipe, patience: float | None = None) -> str | None:
+    """Return the runner's next command, or ``None`` after ``patience`` seconds.
+
+    Waits on the pipe through the event loop, so a bus (or anything else on the loop)
+    keeps running meanwhile.
+    """
+    loop = asyncio.get_running_loop()
+    readable = asyncio.Event()
+    loop.add_reader(conn.fileno(), readable.set)
+    try:
+        async with asyncio.timeout(patience):
+            await readable.wait()
+    except TimeoutError:
+        return None
+    finally:
+        loop.remove_reader(conn.fileno())
+
+    return conn.recv()

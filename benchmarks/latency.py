@@ -66,7 +66,6 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from multiprocessing import get_context
-from multiprocessing.connection import wait
 from typing import TYPE_CHECKING, Any, Final, TypeAlias, TypeVar
 
 from .common import (
@@ -77,14 +76,14 @@ from .common import (
     RAW_UNIX_PREFIX,
     READY,
     STOP,
-    WorkerFailed,
     clock,
     lc02_datagram,
+    receive_command,
     receive_timeout,
     report_failure,
     run_on_loop,
 )
-from .runner import BenchmarkError, private_endpoint, private_name
+from .runner import BenchmarkError, collect_answers, private_endpoint, private_name
 
 if TYPE_CHECKING:
     import random
@@ -587,16 +586,16 @@ def run_exchange(exchange: Exchange) -> PingerReport:
             stack.callback(shutil.rmtree, exchange.directory, ignore_errors=True)
 
         echoer, pinger = stack.enter_context(_processes(exchange))
-        for answer in _collect([echoer, pinger], str, READY_TIMEOUT):
+        for answer in collect_answers([echoer, pinger], str, READY_TIMEOUT):
             if answer != READY:
                 raise BenchmarkError(f"expected {READY!r} from a worker, got {answer!r}")
 
         pinger.send(GO)
         # A generous bound, for a run that hangs: 5 ms a round trip (measured: 20-100 us).
         budget = START_TIMEOUT + (exchange.rounds + exchange.warmup) * 0.005
-        (report,) = _collect([pinger], PingerReport, budget)
+        (report,) = collect_answers([pinger], PingerReport, budget)
         echoer.send(STOP)
-        _collect([echoer], EchoerReport, JOIN_TIMEOUT)
+        collect_answers([echoer], EchoerReport, JOIN_TIMEOUT)
 
     return report
 
@@ -636,34 +635,6 @@ def _processes(exchange: Exchange) -> Iterator[tuple[RunnerPipe, RunnerPipe]]:
 
         for pipe in pipes:
             pipe.close()
-
-
-def _collect(pipes: list[RunnerPipe], kind: type[T], timeout: float) -> list[T]:
-    """Receive one object of type ``kind`` from each pipe, in the order of ``pipes``."""
-    answers: dict[int, T] = {}
-    pending = {pipe.fileno(): index for index, pipe in enumerate(pipes)}
-    while pending:
-        ready = wait([pipes[index] for index in pending.values()], timeout)
-        if not ready:
-            raise BenchmarkError(f"{len(pending)} latency worker(s) silent for {timeout} s")
-
-        for pipe in ready:
-            assert not isinstance(pipe, (socket.socket, int))
-            index = pending.pop(pipe.fileno())
-            try:
-                answer = pipe.recv()
-            except EOFError:
-                raise BenchmarkError("a latency worker died without reporting") from None
-
-            if isinstance(answer, WorkerFailed):
-                raise BenchmarkError(f"a latency worker failed:\n{answer.details}")
-
-            if not isinstance(answer, kind):
-                raise BenchmarkError(f"expected a {kind.__name__}, got {answer!r}")
-
-            answers[index] = answer
-
-    return [answers[index] for index in range(len(pipes))]
 
 
 # The processes
@@ -898,7 +869,7 @@ async def _asyncio_raw_ping(exchange: Exchange, conn: WorkerPipe) -> PingerRepor
     with contextlib.ExitStack() as stack:
         _, ready = _raw_sockets(exchange, "pinger", stack)
         conn.send(READY)
-        if (command := await _command(conn)) != GO:
+        if (command := await receive_command(conn)) != GO:
             raise RuntimeError(f"expected {GO!r} from the runner, got {command!r}")
 
         sender, receiver = ready()
@@ -1053,25 +1024,6 @@ async def _asyncio_raw_echo(exchange: Exchange, conn: WorkerPipe) -> EchoerRepor
 # asyncbus
 
 
-async def _command(conn: WorkerPipe, patience: float | None = None) -> str | None:
-    """Return the runner's next command, or ``None`` after ``patience`` seconds.
-
-    Waits on the pipe through the event loop, so the bus keeps running meanwhile.
-    """
-    loop = asyncio.get_running_loop()
-    readable = asyncio.Event()
-    loop.add_reader(conn.fileno(), readable.set)
-    try:
-        async with asyncio.timeout(patience):
-            await readable.wait()
-    except TimeoutError:
-        return None
-    finally:
-        loop.remove_reader(conn.fileno())
-
-    return conn.recv()
-
-
 def _bus_pinger(exchange: Exchange, conn: WorkerPipe) -> PingerReport:
     return run_on_loop(exchange.loop or "asyncio", _bus_ping(exchange, conn))
 
@@ -1089,7 +1041,7 @@ async def _bus_ping(exchange: Exchange, conn: WorkerPipe) -> PingerReport:
                 await bus.topic(PING).wait_subscribers(1)  # the echoer's subscription
 
         conn.send(READY)
-        if (command := await _command(conn)) != GO:
+        if (command := await receive_command(conn)) != GO:
             raise RuntimeError(f"expected {GO!r} from the runner, got {command!r}")
 
         publish, receive = bus.publish, pongs.receive
@@ -1183,7 +1135,7 @@ async def _echo_until_stop(
     :param counted: how many were echoed so far, if the loop is cut short by STOP.
     """
     loop_task = asyncio.ensure_future(echo)
-    command_task = asyncio.ensure_future(_command(conn))
+    command_task = asyncio.ensure_future(receive_command(conn))
     await asyncio.wait({loop_task, command_task}, return_when=asyncio.FIRST_COMPLETED)
     if not loop_task.done():  # STOP before the end marker (multicast lost it)
         loop_task.cancel()
@@ -1295,7 +1247,7 @@ async def _zmq_ping_async(exchange: Exchange, conn: WorkerPipe) -> PingerReport:
         pub.bind(bind)
         sub.connect(connect)
         conn.send(READY)
-        if (command := await _command(conn)) != GO:
+        if (command := await receive_command(conn)) != GO:
             raise RuntimeError(f"expected {GO!r} from the runner, got {command!r}")
 
         send, recv = pub.send, sub.recv

@@ -41,7 +41,15 @@ if TYPE_CHECKING:
     # The runner's end of a worker's pipe.
     RunnerPipe: TypeAlias = Connection[str, object]
 
-__all__ = ["BenchmarkError", "Case", "CaseRun", "private_endpoint", "private_name", "run_case"]
+__all__ = [
+    "BenchmarkError",
+    "Case",
+    "CaseRun",
+    "collect_answers",
+    "private_endpoint",
+    "private_name",
+    "run_case",
+]
 
 Worker: TypeAlias = "Callable[[Workload, WorkerPipe], None]"
 T = TypeVar("T")
@@ -245,9 +253,9 @@ def run_case(case: Case, work: Workload) -> CaseRun:
             + 2 * work.idle_timeout
             + work.messages * (1 / 1_000 + 4 * work.slow_work + work.size / 50e6)
         )
-        reports = _collect(subscribers, SubscriberReport, budget)
+        reports = collect_answers(subscribers, SubscriberReport, budget)
         publisher.send(STOP)
-        (report,) = _collect([publisher], PublisherReport, JOIN_TIMEOUT)
+        (report,) = collect_answers([publisher], PublisherReport, JOIN_TIMEOUT)
 
     return CaseRun(work.url, report, tuple(reports), work.size)
 
@@ -290,12 +298,12 @@ def _processes(
 
 
 def _expect_ready(pipes: list[RunnerPipe]) -> None:
-    for answer in _collect(pipes, str, READY_TIMEOUT):
+    for answer in collect_answers(pipes, str, READY_TIMEOUT):
         if answer != READY:
             raise BenchmarkError(f"expected {READY!r} from a worker, got {answer!r}")
 
 
-def _collect(pipes: list[RunnerPipe], kind: type[T], timeout: float) -> list[T]:
+def collect_answers(pipes: list[RunnerPipe], kind: type[T], timeout: float) -> list[T]:
     """Receive one object of type ``kind`` from each pipe, in the order of ``pipes``."""
     answers: dict[int, T] = {}
     pending = {pipe.fileno(): index for index, pipe in enumerate(pipes)}
